@@ -1,0 +1,14 @@
+"""EfficientNet-Lite0 from ImageNet weights that ship with the package: the offline default.
+
+Command:
+  python -m flowers_jax.main --config configs/effnet_lite0.py --workdir workdirs/lite0
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "efficientnet_lite0"
+    c.pretrained = "torch:efficientnet_lite0"
+    return c

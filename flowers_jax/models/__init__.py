@@ -1,0 +1,69 @@
+"""Model zoo: `create(name, num_classes)` builds any EfficientNet / Lite / MobileNetV2.
+
+model = models.create("efficientnet_b0", num_classes=104)
+variables = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+logits = model.apply(variables, images, train=False)      # [N, 104]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowers_jax.models import efficientnet, mobilenet_v2
+from flowers_jax.models.classifier import Classifier, Head
+from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
+
+__all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names"]
+
+# Overrides `create` accepts, and where they go.
+_BACKBONE_OVERRIDES = ("dtype", "depthwise_impl", "bn_momentum")
+_CLASSIFIER_OVERRIDES = ("dropout_rate", "dtype")
+
+
+def names() -> list[str]:
+    """Every model name `create` accepts."""
+    out = [f"efficientnet_{v}" for v in efficientnet.VARIANTS]
+    out += ["mobilenet_v2"] + [f"mobilenet_v2_{a}" for a in mobilenet_v2.ALPHAS]
+    return out
+
+
+def get_arch(name: str) -> Arch:
+    """Architecture table of a model name (see `names()`)."""
+    if name.startswith("efficientnet_") and name[len("efficientnet_") :] in efficientnet.VARIANTS:
+        return efficientnet.arch(name[len("efficientnet_") :])
+    if name == "mobilenet_v2":
+        return mobilenet_v2.arch("100")
+    if name.startswith("mobilenet_v2_") and name[len("mobilenet_v2_") :] in mobilenet_v2.ALPHAS:
+        return mobilenet_v2.arch(name[len("mobilenet_v2_") :])
+    raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
+
+
+def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
+    """Builds the Flax classifier `name` with a `num_classes`-way head.
+
+    Args:
+      name: e.g. "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035".
+      num_classes: size of the classification head.
+      **overrides: dtype (compute dtype, e.g. jnp.bfloat16), dropout_rate (head),
+        depthwise_impl ("auto" | "conv" | "shift"), bn_momentum.
+    Returns:
+      A `Classifier`; `apply(variables, images [N, H, W, 3] in [0, 255], train=False)`
+      gives logits [N, num_classes].
+    """
+    unknown = set(overrides) - set(_BACKBONE_OVERRIDES) - set(_CLASSIFIER_OVERRIDES)
+    if unknown:
+        valid = sorted(set(_BACKBONE_OVERRIDES) | set(_CLASSIFIER_OVERRIDES))
+        raise TypeError(f"create({name!r}): unknown override(s) {sorted(unknown)}; valid: {valid}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    arch = get_arch(name)
+    backbone = MBConvNet(arch, **{k: v for k, v in overrides.items() if k in _BACKBONE_OVERRIDES})
+    kwargs = {"dropout_rate": arch.dropout_rate}
+    kwargs.update({k: v for k, v in overrides.items() if k in _CLASSIFIER_OVERRIDES})
+    return Classifier(
+        backbone=backbone,
+        num_classes=num_classes,
+        input_mean=arch.input_mean,
+        input_std=arch.input_std,
+        **kwargs,
+    )

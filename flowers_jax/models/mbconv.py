@@ -1,0 +1,184 @@
+"""The inverted-residual ("MBConv") backbone that EfficientNet and MobileNetV2 share.
+
+An `Arch` is the architecture table of one model: every block spelled out with its
+channels, kernel, stride, expansion and squeeze-excite width, plus the layer names
+of the family. Layer names are those of `keras.applications`, so the same names
+import Keras weights and (read backwards) export them. The Flax module below has
+no architecture knowledge of its own: it walks the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl
+
+# Keras's EfficientNet initialisers (fan-out variance scaling), used for fresh layers.
+CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One inverted-residual block.
+
+    Attributes:
+      prefix: Keras layer-name prefix, e.g. "block2a_" or "block_3_".
+      in_ch, out_ch: input/output channels.
+      expand_ch: channels after the 1x1 expansion (== in_ch: no expansion conv).
+      kernel, stride: of the depthwise convolution.
+      se_ch: squeeze-excite bottleneck width (0: no squeeze-excite).
+      drop_rate: stochastic-depth rate of the residual branch.
+    """
+
+    prefix: str
+    in_ch: int
+    out_ch: int
+    expand_ch: int
+    kernel: int
+    stride: int
+    se_ch: int = 0
+    drop_rate: float = 0.0
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.in_ch == self.out_ch
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNames:
+    """Keras layer names of a family (block names are `prefix + name`)."""
+
+    stem_conv: str
+    stem_bn: str
+    expand_conv: str
+    expand_bn: str
+    dwconv: str
+    dwconv_bn: str
+    project_conv: str
+    project_bn: str
+    top_conv: str
+    top_bn: str
+    se_reduce: str = "se_reduce"
+    se_expand: str = "se_expand"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """Architecture table of one model, plus the defaults of its pretrained source.
+
+    `input_mean`/`input_std` are in [0, 255] pixel units: the model computes
+    (x - mean) / std first. They seed the `preprocess` variables, which a
+    pretrained loader overwrites with what its source actually computes.
+    """
+
+    name: str
+    family: str
+    blocks: tuple[BlockSpec, ...]
+    stem_ch: int
+    top_ch: int
+    activation: str
+    names: LayerNames
+    resolution: int
+    dropout_rate: float
+    input_mean: tuple[float, float, float]
+    input_std: tuple[float, float, float]
+    bn_epsilon: float = 1e-3
+    bn_momentum: float = 0.99
+
+    def depthwise_layers(self) -> frozenset[str]:
+        """Names of the depthwise-conv layers (their kernels change layout across frameworks)."""
+        return frozenset(b.prefix + self.names.dwconv for b in self.blocks)
+
+
+def _block(
+    x: jax.Array,
+    spec: BlockSpec,
+    names: LayerNames,
+    *,
+    act: Any,
+    conv: Any,
+    norm: Any,
+    dtype: Any,
+    depthwise_impl: DepthwiseImpl,
+    train: bool,
+) -> jax.Array:
+    """One block, [N, H, W, in_ch] -> [N, H/stride, W/stride, out_ch].
+
+    A plain function rather than a submodule: it is called inside the parent's
+    compact `__call__`, so its layers get flat Keras names ("block2a_dwconv"),
+    not nested ones ("block2a/dwconv").
+    """
+    p = spec.prefix
+    inputs = x
+    if spec.expand_ch != spec.in_ch:
+        x = conv(spec.expand_ch, (1, 1), name=p + names.expand_conv)(x)
+        x = act(norm(name=p + names.expand_bn)(x))
+    x = DepthwiseConv2D(
+        spec.kernel, spec.stride, impl=depthwise_impl, dtype=dtype, kernel_init=CONV_INIT, name=p + names.dwconv
+    )(x)
+    x = act(norm(name=p + names.dwconv_bn)(x))
+    if spec.se_ch:
+        se = jnp.mean(x, axis=(1, 2), keepdims=True)
+        se = act(nn.Conv(spec.se_ch, (1, 1), dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_reduce)(se))
+        se = nn.Conv(spec.expand_ch, (1, 1), dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_expand)(se)
+        se = nn.sigmoid(se)
+        x = x * se
+    x = conv(spec.out_ch, (1, 1), name=p + names.project_conv)(x)
+    x = norm(name=p + names.project_bn)(x)
+    if spec.residual:
+        if spec.drop_rate > 0:
+            # Stochastic depth: drop the whole residual branch per example.
+            x = nn.Dropout(spec.drop_rate, broadcast_dims=(1, 2, 3), deterministic=not train)(x)
+        x = x + inputs
+    return x
+
+
+class MBConvNet(nn.Module):
+    """Backbone: images (already normalised) [N, H, W, 3] -> features [N, H/32, W/32, top_ch].
+
+    Attributes:
+      arch: the architecture table.
+      dtype: compute dtype (e.g. bfloat16); parameters stay float32.
+      depthwise_impl: see `DepthwiseConv2D`.
+      bn_momentum: overrides the table's BatchNorm momentum when set.
+    """
+
+    arch: Arch
+    dtype: Any = jnp.float32
+    depthwise_impl: DepthwiseImpl = "auto"
+    bn_momentum: float | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        a, n = self.arch, self.arch.names
+        act = ACTIVATIONS[a.activation]
+        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, kernel_init=CONV_INIT)
+        norm = functools.partial(
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=a.bn_momentum if self.bn_momentum is None else self.bn_momentum,
+            epsilon=a.bn_epsilon,
+            dtype=self.dtype,
+        )
+        x = conv(a.stem_ch, (3, 3), strides=(2, 2), name=n.stem_conv)(x)
+        x = act(norm(name=n.stem_bn)(x))
+        for spec in a.blocks:
+            x = _block(
+                x,
+                spec,
+                n,
+                act=act,
+                conv=conv,
+                norm=norm,
+                dtype=self.dtype,
+                depthwise_impl=self.depthwise_impl,
+                train=train,
+            )
+        x = conv(a.top_ch, (1, 1), name=n.top_conv)(x)
+        return act(norm(name=n.top_bn)(x))
