@@ -1,0 +1,135 @@
+"""Small synthetic datasets on disk, for tests and smoke runs (configs/smoke.py).
+
+Images are learnable: each class has its own colour and stripe pattern (orientation and
+frequency), plus a random phase and pixel noise, so a tiny model visibly learns in a few steps.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+import os
+
+import ml_collections
+import numpy as np
+
+from flowers_jax.data import info, tfrecords
+from flowers_jax.data._tf import tf
+from flowers_jax.data.classes import class_names as competition_class_names
+from flowers_jax.data.defaults import data_config
+
+
+def synthetic_image(rng: np.random.Generator, label: int, num_classes: int, size: int) -> np.ndarray:
+    """uint8 [size, size, 3]: class `label`'s colour and stripes, a random phase, and noise."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.9)  # golden-ratio hues stay apart
+    colour = np.array([r, g, b], np.float32) * 255.0
+    angle = math.pi * ((label * 0.381966) % 1.0)
+    freq = 2.0 + (label % 5) * 1.5
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    stripes = np.sin(2 * math.pi * freq * (xx * math.cos(angle) + yy * math.sin(angle)) + rng.uniform(0, 2 * math.pi))
+    image = colour * (0.7 + 0.3 * stripes[..., None]) + rng.normal(0.0, 12.0, (size, size, 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    return tf.io.encode_jpeg(image, quality=quality).numpy()
+
+
+def write_synthetic_dataset(
+    data_dir: str,
+    *,
+    num_classes: int,
+    image_size: int,
+    train_per_class: int,
+    val_per_class: int,
+    test_examples: int,
+    seed: int = 0,
+    num_shards: int = 4,
+) -> None:
+    """Writes `<data_dir>/tfrecords-jpeg-{S}x{S}/{train,val,test}/*.tfrec` and dataset.json.
+
+    Several shards per split; train and val labelled (classes interleaved), test without `class`.
+    Ids are "<split>-<index>" (e.g. "val-00012"). Class names are the competition's first
+    `num_classes` names (or "class_<i>" beyond 104).
+    """
+    rng = np.random.default_rng(seed)
+    out = tfrecords.layout_dir(data_dir, image_size)
+    names = competition_class_names()[:num_classes] + [f"class_{i}" for i in range(104, num_classes)]
+    splits = {}
+    for split, labels in (
+        ("train", np.tile(np.arange(num_classes), train_per_class)),
+        ("val", np.tile(np.arange(num_classes), val_per_class)),
+        ("test", rng.integers(0, num_classes, test_examples)),
+    ):
+        labelled = split != "test"
+        with tfrecords.ShardWriter(os.path.join(out, split), image_size=image_size, num_shards=num_shards) as w:
+            for i, label in enumerate(labels):
+                jpeg = encode_jpeg(synthetic_image(rng, int(label), num_classes, image_size))
+                label_or_none = int(label) if labelled else None
+                w.write(tfrecords.serialize_example(id=f"{split}-{i:05d}", image=jpeg, label=label_or_none))
+        splits[split] = {
+            "num_examples": len(labels),
+            "num_shards": len(w.paths),
+            "labelled": labelled,
+            "class_counts": np.bincount(labels, minlength=num_classes).tolist() if labelled else None,
+        }
+    info.write_metadata(
+        out, image_size=image_size, class_names=names, splits=splits, source={"synthetic": {"seed": seed}}
+    )
+
+
+def write_tfds_folder(
+    root: str,
+    *,
+    name: str,
+    class_names: list[str],
+    per_class: int,
+    image_size: int,
+    split: str = "train",
+    seed: int = 0,
+    num_shards: int = 2,
+) -> str:
+    """A TFDS dataset folder (tfds.builder_from_directory reads it) of synthetic photos; returns its path.
+
+    Features: "image" (tfds Image, stored as PNG) and "label" (ClassLabel of `class_names`). Labels
+    are drawn with the colours of `synthetic_image`, by each name's competition index when it has
+    one, so mapped examples look like the competition's examples of that class.
+    """
+    import tensorflow_datasets as tfds
+
+    builder_dir = os.path.join(root, name, "1.0.0")
+    tf.io.gfile.makedirs(builder_dir)
+    features = tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(names=class_names)}
+    )
+    rng = np.random.default_rng(seed)
+    known = {n: i for i, n in enumerate(competition_class_names())}
+    labels = np.tile(np.arange(len(class_names)), per_class)
+    for shard in range(num_shards):
+        path = os.path.join(builder_dir, f"{name}-{split}.tfrecord-{shard:05d}-of-{num_shards:05d}")
+        with tf.io.TFRecordWriter(path) as writer:
+            for label in labels[shard::num_shards]:
+                colour_class = known.get(class_names[label], 104 + int(label))
+                image = synthetic_image(rng, colour_class, 104, image_size)
+                writer.write(features.serialize_example({"image": image, "label": int(label)}))
+    tfds.folder_dataset.write_metadata(
+        data_dir=builder_dir,
+        features=features,
+        split_infos=None,
+        filename_template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+    )
+    return builder_dir
+
+
+def data_only_config(
+    data_dir: str, *, image_size: int, batch_size: int, num_classes: int = 104, seed: int = 0
+) -> ml_collections.ConfigDict:
+    """The smallest run config the data functions accept: batch_size, seed, num_classes and `data`."""
+    c = ml_collections.ConfigDict()
+    c.batch_size = batch_size
+    c.seed = seed
+    c.num_classes = num_classes
+    c.data = data_config()
+    c.data.data_dir = data_dir
+    c.data.image_size = image_size
+    return c
