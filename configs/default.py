@@ -1,9 +1,30 @@
 """Defaults every config starts from; a config overrides only what differs.
 
-Not a runnable config by itself: see effnet_lite0.py, effnet_b0.py, mobilenet_v2.py.
+Not a run of its own: see effnet_lite0.py, effnet_b0.py, mobilenet_v2.py, smoke.py.
+The recipe: stage 1 trains the new head on a frozen backbone (BatchNorm frozen),
+stage 2 unfreezes the last blocks, stage 3 everything at a lower learning rate.
 """
 
 import ml_collections
+
+from flowers_jax.data.defaults import data_config
+
+
+def stage(name, *, epochs, train, lr, warmup_epochs=0.0, bn="frozen", lr_scale="", end_lr_ratio=0.01):
+    """One training stage. train/lr_scale take selectors (see flowers_jax/optim.py):
+    all, head, backbone, stem, top, last_blocks:K, re:REGEX."""
+    return ml_collections.ConfigDict(
+        dict(
+            name=name,
+            epochs=epochs,
+            train=train,
+            lr=lr,
+            warmup_epochs=warmup_epochs,
+            bn=bn,
+            lr_scale=lr_scale,
+            end_lr_ratio=end_lr_ratio,
+        )
+    )
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -13,7 +34,42 @@ def get_config() -> ml_collections.ConfigDict:
     c.model = "efficientnet_lite0"
     c.pretrained = "torch:efficientnet_lite0"
     c.num_classes = 104
-    c.image_size = 224
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
+    c.depthwise_impl = "auto"  # "conv" on TPU/GPU, "shift" on CPU (see models/layers.py)
+    c.bn_momentum = 0.0  # 0: the architecture's (Keras's) BatchNorm momentum; short runs want ~0.9
     c.seed = 0
+
+    c.data = data_config()
+    c.batch_size = 64  # global, over all devices and hosts
+
+    # Stages run in the order of `stage_order` (ConfigDict keys have no order of their own);
+    # `--config.stage_order=all` runs just one.
+    c.stage_order = "head,top,all"
+    c.stages = ml_collections.ConfigDict()
+    c.stages.head = stage("head", epochs=3, train="head", lr=1e-3, warmup_epochs=0.5)
+    c.stages.top = stage("top", epochs=5, train="head,last_blocks:4", lr=5e-4, warmup_epochs=0.5)
+    c.stages.all = stage("all", epochs=12, train="all", lr=2e-4, warmup_epochs=1.0, bn="train", lr_scale="backbone=0.5")
+
+    c.optimizer = ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            b1=0.9,
+            b2=0.999,
+            momentum=0.9,
+            weight_decay=1e-5,
+            weight_decay_exclude=r"(bias|scale)$",
+            grad_clip_norm=1.0,
+        )
+    )
+    c.label_smoothing = 0.1
+    c.class_weights = "none"  # or "balanced"
+    c.ema_decay = 0.0  # e.g. 0.999: evaluate an exponential moving average of the parameters
+
+    c.early_stopping = ml_collections.ConfigDict(dict(patience=3, min_delta=1e-3))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=200, max_to_keep=2))
+    c.log_every_steps = 20
+
+    # --mode eval / predict: test-time augmentation ("", "flip", "crops", "flip,crops") and the
+    # prediction-collapse guard's thresholds (see flowers_jax/guard.py).
+    c.eval = ml_collections.ConfigDict(dict(tta="", guard_max_share_ratio=5.0, guard_min_histogram_entropy=0.5))
     return c

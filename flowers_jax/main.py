@@ -1,29 +1,115 @@
 """Entry point: `python -m flowers_jax.main --config configs/X.py --workdir W [--mode M]`.
 
-Kept short on purpose (as flax's examples/imagenet): it parses flags and hands
-the config to the function of the mode.
+Kept short on purpose (as flax's examples/imagenet): it parses flags, starts
+jax.distributed when the run spans several processes, checks the config, and
+hands it to the mode. `--config.key=value` overrides any config field.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from flowers_jax import describe
-
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run configuration file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where this run keeps its outputs.")
-_MODE = flags.DEFINE_enum("mode", "describe", ["describe"], "What to do with the config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps checkpoints, metrics and logs.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "predict", "describe"],
+    "train (resumes if the workdir has checkpoints), eval (reports on a labelled split), predict (submission "
+    "for an unlabelled split), describe (the model and its pretrained load, no data).",
+)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval/predict: best, latest, or a step number.")
+_SPLIT = flags.DEFINE_string(
+    "split",
+    None,
+    "eval/predict: val, test, train, or a path/glob of .tfrec files (default: val for eval, test for predict).",
+)
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"], "jax.distributed: auto = when a coordinator is given or on a TPU pod."
+)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Imports after flag parsing: a typo in a flag fails in a second, not after TF/JAX start.
+    from flowers_jax import config as config_lib
+    from flowers_jax import distributed
+
     logging.getLogger("flowers_jax").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's per-save INFO lines drown the progress
+    distributed.initialize(
+        _DISTRIBUTED.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+    config = _CONFIG.value
+    try:
+        config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        raise app.UsageError(str(e)) from None
+
     if _MODE.value == "describe":
-        describe.run(_CONFIG.value, _WORKDIR.value)
+        from flowers_jax import describe
+
+        describe.run(config, _WORKDIR.value)
+        return
+    if not _WORKDIR.value:
+        raise app.UsageError(f"--workdir is required for --mode {_MODE.value}")
+    if _MODE.value == "train":
+        if config.get("synthetic_data"):
+            _write_synthetic_data(config, _WORKDIR.value)
+        from flowers_jax import train
+
+        train.train_and_evaluate(config, _WORKDIR.value)
+        return
+
+    from flowers_jax import evaluation
+
+    if config.get("synthetic_data"):  # the smoke run's data lives in its workdir
+        with config.unlocked():
+            config.data.data_dir = os.path.join(_WORKDIR.value, "data")
+    try:
+        if _MODE.value == "eval":
+            evaluation.run_eval(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
+        else:
+            evaluation.run_predict(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "test")
+    except (evaluation.EvalError, evaluation.inference.checkpoint.CheckpointError) as e:
+        raise app.UsageError(str(e)) from None
+
+
+def _write_synthetic_data(config, workdir: str) -> None:
+    """Smoke runs bring their own data: a small learnable set under <workdir>/data (written once)."""
+    import jax
+
+    from flowers_jax.data import fixtures
+
+    data_dir = os.path.join(workdir, "data")
+    if jax.process_index() == 0 and not os.path.exists(os.path.join(data_dir, "dataset.json")):
+        s = config.synthetic_data
+        fixtures.write_synthetic_dataset(
+            data_dir,
+            num_classes=config.num_classes,
+            image_size=config.data.image_size,
+            train_per_class=s.train_per_class,
+            val_per_class=s.val_per_class,
+            test_examples=s.test_examples,
+            seed=config.seed,
+        )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("synthetic data written")
+    with config.unlocked():
+        config.data.data_dir = data_dir
 
 
 if __name__ == "__main__":

@@ -5,3 +5,17 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory) -> pathlib.Path:
+    """The workdir of one real `configs/smoke.py` run, shared by the tests that need a trained model."""
+    from training_runs import run
+
+    workdir = tmp_path_factory.mktemp("smoke")
+    run(workdir, timeout=600)
+    return workdir

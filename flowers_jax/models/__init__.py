@@ -16,7 +16,7 @@ from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
 __all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names"]
 
 # Overrides `create` accepts, and where they go.
-_BACKBONE_OVERRIDES = ("dtype", "depthwise_impl", "bn_momentum")
+_BACKBONE_OVERRIDES = ("dtype", "depthwise_impl", "bn_momentum", "bn_axis_name")
 _CLASSIFIER_OVERRIDES = ("dropout_rate", "dtype")
 
 
@@ -45,7 +45,7 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
       name: e.g. "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035".
       num_classes: size of the classification head.
       **overrides: dtype (compute dtype, e.g. jnp.bfloat16), dropout_rate (head),
-        depthwise_impl ("auto" | "conv" | "shift"), bn_momentum.
+        depthwise_impl ("auto" | "conv" | "shift"), bn_momentum, bn_axis_name (pmap only).
     Returns:
       A `Classifier`; `apply(variables, images [N, H, W, 3] in [0, 255], train=False)`
       gives logits [N, num_classes].

@@ -42,9 +42,20 @@ class Classifier(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, images: jax.Array, *, train: bool = False, update_batch_stats: bool | None = None) -> jax.Array:
+        """Logits of `images`.
+
+        Args:
+          images: [N, H, W, 3] float32 RGB in [0, 255].
+          train: dropout and stochastic depth on.
+          update_batch_stats: BatchNorm normalises with (and updates) batch statistics;
+            defaults to `train`. False while training = frozen BatchNorm, which is a
+            separate choice from freezing parameters.
+        Returns:
+          [N, num_classes] float32 logits.
+        """
         mean = self.variable("preprocess", "mean", lambda: jnp.asarray(self.input_mean, jnp.float32))
         std = self.variable("preprocess", "std", lambda: jnp.asarray(self.input_std, jnp.float32))
         x = ((images - mean.value) / std.value).astype(self.dtype)
-        features = self.backbone(x, train=train)
+        features = self.backbone(x, train=train, update_batch_stats=update_batch_stats)
         return Head(self.num_classes, self.dropout_rate, name="head")(features, train=train)

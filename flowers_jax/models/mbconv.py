@@ -147,24 +147,31 @@ class MBConvNet(nn.Module):
       dtype: compute dtype (e.g. bfloat16); parameters stay float32.
       depthwise_impl: see `DepthwiseConv2D`.
       bn_momentum: overrides the table's BatchNorm momentum when set.
+      bn_axis_name: mapped axis to average BatchNorm statistics over under
+        pmap/shard_map; not needed under jit over a mesh, where they are global.
     """
 
     arch: Arch
     dtype: Any = jnp.float32
     depthwise_impl: DepthwiseImpl = "auto"
     bn_momentum: float | None = None
+    bn_axis_name: str | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, update_batch_stats: bool | None = None) -> jax.Array:
+        """`train` switches dropout/stochastic depth; BatchNorm uses (and updates) batch
+        statistics when `update_batch_stats` (default: `train`), else its running averages."""
         a, n = self.arch, self.arch.names
+        batch_stats = train if update_batch_stats is None else update_batch_stats
         act = ACTIVATIONS[a.activation]
         conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, kernel_init=CONV_INIT)
         norm = functools.partial(
             nn.BatchNorm,
-            use_running_average=not train,
+            use_running_average=not batch_stats,
             momentum=a.bn_momentum if self.bn_momentum is None else self.bn_momentum,
             epsilon=a.bn_epsilon,
             dtype=self.dtype,
+            axis_name=self.bn_axis_name,
         )
         x = conv(a.stem_ch, (3, 3), strides=(2, 2), name=n.stem_conv)(x)
         x = act(norm(name=n.stem_bn)(x))

@@ -1,0 +1,110 @@
+"""Orbax checkpoints of a run: "latest" (every N steps, async) and "best" (by val macro-F1).
+
+Layout: <workdir>/checkpoints/{latest,best}/<step>/{state,meta}. `state` is the
+whole TrainState; `meta` is JSON: the run config, stage and early-stopping
+bookkeeping, metrics. State is restored against shapes from `jax.eval_shape`
+with shardings of the *current* mesh, so a checkpoint written on 8 devices
+restores on 1 and vice versa. Orbax writes to a temporary directory and
+renames it when complete, so a SIGKILL mid-save leaves the previous
+checkpoint intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing or does not belong to this run's model."""
+
+
+def _manager(directory: epath.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+    )
+    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+class Checkpoints:
+    """The two checkpoint series of a workdir."""
+
+    def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True):
+        root = epath.Path(workdir) / "checkpoints"
+        self.latest = _manager(root / "latest", max_to_keep, async_save)
+        self.best = _manager(root / "best", 1, async_save)
+
+    def save(self, which: str, step: int, state: Any, meta: dict) -> None:
+        manager = self.latest if which == "latest" else self.best
+        if manager.latest_step() == step:
+            return  # already saved at this step (e.g. an epoch end that is also a save step)
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def latest_meta(self) -> tuple[int, dict] | None:
+        """(step, meta) of the latest checkpoint, or None in a fresh workdir.
+
+        Uses this object's own manager: every process of a multi-host run must create
+        the same Orbax managers in the same order (their constructors synchronise).
+        """
+        step = self.latest.latest_step()
+        if step is None:
+            return None
+        return step, self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_latest(self, abstract_state: Any) -> Any:
+        """The latest TrainState, onto the shardings given in `abstract_state`."""
+        step = self.latest.latest_step()
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        return self.latest.restore(step, args=args)["state"]
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.latest.close()
+        self.best.close()
+
+
+def _series(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
+    """Manager and step for which = "best" | "latest" | a step number."""
+    if not (epath.Path(workdir) / "checkpoints").is_dir():
+        raise CheckpointError(f"{workdir}: no checkpoints/ folder; is this a training workdir?")
+    name = "best" if which == "best" else "latest"
+    manager = _manager(epath.Path(workdir) / "checkpoints" / name, 1, async_save=False)
+    if which in ("best", "latest"):
+        step = manager.latest_step()
+    else:
+        step = int(which)
+        if step not in manager.all_steps():
+            raise CheckpointError(f"{workdir}: no checkpoint at step {step}; have {sorted(manager.all_steps())}")
+    if step is None:
+        raise CheckpointError(f"{workdir}: no {name} checkpoint yet")
+    return manager, step
+
+
+def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
+    """(step, meta) of a checkpoint, or None when the workdir has none yet."""
+    try:
+        manager, step = _series(workdir, which)
+    except CheckpointError:
+        return None
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return step, meta
+
+
+def restore_state(workdir: str, which: str, abstract_state: Any) -> Any:
+    """Restores a TrainState onto the shardings given in `abstract_state` (ShapeDtypeStructs)."""
+    manager, step = _series(workdir, which)
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    )
+    return restored["state"]
+
+
+def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """ShapeDtypeStructs of `tree`, all placed on `sharding`."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -1,0 +1,66 @@
+"""Checks a run config before any compute, naming the key and what to do."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from flowers_jax import models, optim
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work."""
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def stages(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+    """(name, stage) pairs in run order."""
+    return [(n.strip(), config.stages[n.strip()]) for n in config.stage_order.split(",") if n.strip()]
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for the first bad value found."""
+    if config.model not in models.names():
+        _fail("model", f"unknown model {config.model!r}; choose one of {', '.join(models.names())}")
+    arch = models.get_arch(config.model)
+    if config.num_classes < 2:
+        _fail("num_classes", f"must be >= 2, got {config.num_classes}")
+    if config.dtype not in ("float32", "bfloat16"):
+        _fail("dtype", f"must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    if config.depthwise_impl not in ("auto", "conv", "shift"):
+        _fail("depthwise_impl", f"must be 'auto', 'conv' or 'shift', got {config.depthwise_impl!r}")
+    if config.batch_size < 1 or config.batch_size % jax.device_count():
+        _fail("batch_size", f"{config.batch_size} must be a positive multiple of the {jax.device_count()} devices")
+    if config.class_weights not in ("none", "balanced"):
+        _fail("class_weights", f"must be 'none' or 'balanced', got {config.class_weights!r}")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        _fail("label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
+    if config.optimizer.name not in ("adamw", "sgd"):
+        _fail("optimizer.name", f"must be 'adamw' or 'sgd', got {config.optimizer.name!r}")
+    if config.checkpoint.every_steps < 1:
+        _fail("checkpoint.every_steps", "must be >= 1")
+    order = [s.strip() for s in config.stage_order.split(",") if s.strip()]
+    if not order:
+        _fail("stage_order", "names no stage")
+    for name in order:
+        if name not in config.stages:
+            _fail("stage_order", f"no stage {name!r} in config.stages ({', '.join(config.stages)})")
+    for key in order:
+        stage = config.stages[key]
+        if stage.epochs < 1:
+            _fail(f"stages.{key}.epochs", f"must be >= 1, got {stage.epochs}")
+        if stage.lr <= 0:
+            _fail(f"stages.{key}.lr", f"must be > 0, got {stage.lr}")
+        if stage.bn not in ("frozen", "train"):
+            _fail(f"stages.{key}.bn", f"must be 'frozen' or 'train', got {stage.bn!r}")
+        for field in ("train", "lr_scale"):
+            for item in filter(None, (s.strip() for s in stage[field].split(","))):
+                try:
+                    optim.selector_regex(item.split("=")[0] if field == "lr_scale" else item, arch)
+                except (optim.ParamGroupError, ValueError) as e:
+                    _fail(f"stages.{key}.{field}", str(e))

@@ -1,0 +1,89 @@
+"""The jitted training and evaluation steps (pure functions of state and batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from flowers_jax import metrics
+from flowers_jax.models import Classifier
+from flowers_jax.state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(
+    model: Classifier,
+    tx: optax.GradientTransformation,
+    *,
+    update_batch_stats: bool,
+    label_smoothing: float,
+    class_weights: jax.Array,
+    ema_decay: float,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """One optimisation step on a global batch {"image": [B, S, S, 3], "label": [B]}.
+
+    Under `jax.jit` with the batch sharded over the mesh and the state replicated,
+    the means below are global: XLA inserts the all-reduces, BatchNorm included.
+
+    Args:
+      update_batch_stats: BatchNorm trains (batch statistics, running averages
+        updated) or is frozen (running averages, unchanged).
+      label_smoothing: mass spread uniformly over the classes.
+      class_weights: [C] per-class loss weights (ones: unweighted).
+      ema_decay: 0 for no EMA of parameters.
+      axis_name: only for running this step under `jax.pmap` (a benchmark peer):
+        the mapped axis to average gradients and metrics over. Under jit over a
+        mesh it stays None.
+    """
+    num_classes = model.num_classes
+
+    def loss_fn(params, state: TrainState, batch: Batch, rng: jax.Array):
+        variables = {"params": params, "batch_stats": state.batch_stats, "preprocess": state.preprocess}
+        logits, updates = model.apply(
+            variables,
+            batch["image"],
+            train=True,
+            update_batch_stats=update_batch_stats,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+        per_example = optax.softmax_cross_entropy(logits, targets) * class_weights[batch["label"]]
+        return per_example.mean(), (logits, updates)
+
+    def step(state: TrainState, batch: Batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+        (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
+        deltas, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, deltas)
+        ema = state.ema_params
+        if ema is not None:
+            ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=updates["batch_stats"] if update_batch_stats else state.batch_stats,
+            opt_state=opt_state,
+            ema_params=ema,
+        )
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        if axis_name is not None:
+            accuracy = jax.lax.pmean(accuracy, axis_name)
+        return new_state, {"loss": loss, "accuracy": accuracy, "update_norm": optax.tree.norm(deltas)}
+
+    return step
+
+
+def make_eval_step(model: Classifier, *, use_ema: bool) -> Callable[[TrainState, Batch], jax.Array]:
+    """[C, C] confusion counts of a padded batch {"image", "label", "mask"}."""
+
+    def step(state: TrainState, batch: Batch) -> jax.Array:
+        logits = model.apply(state.variables(ema=use_ema), batch["image"], train=False)
+        return metrics.confusion_matrix(batch["label"], logits, batch["mask"])
+
+    return step

@@ -1,0 +1,240 @@
+"""The training loop: staged fine-tuning with checkpoints, evaluation and resume.
+
+Reads top to bottom: mesh and input; model and state; one section per stage
+(optimizer groups, compiled step, epochs of steps, evaluation, checkpoints,
+early stopping). Re-running in the same workdir resumes from the latest
+checkpoint, data position included; a finished run leaves <workdir>/DONE.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from flowers_jax import checkpoint, data, distributed, logs, metrics, models, optim
+from flowers_jax import config as config_lib
+from flowers_jax.state import TrainState, build_model, initial_variables, new_state
+from flowers_jax.steps import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "DONE"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def class_weights(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> jnp.ndarray:
+    """[C] loss weights: ones, or "balanced" n / (C_present * count_c) from the training split's counts."""
+    if config.class_weights == "none":
+        return jnp.ones(config.num_classes)
+    return jnp.asarray(info.class_weights("train"), jnp.float32)
+
+
+def _fresh_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return {
+        "model": config.model,
+        "num_classes": config.num_classes,
+        "config": config.to_json(),
+        "stage_index": 0,
+        "stage_start_step": 0,
+        "stage_finished": False,
+        "best_val_macro_f1": -1.0,
+        "best_step": None,
+        "stage_best_val_macro_f1": -1.0,
+        "epochs_since_stage_best": 0,
+    }
+
+
+def check_compatible(meta: dict, config: ml_collections.ConfigDict, where: str) -> None:
+    """A workdir's checkpoint must be of this config's model and head size."""
+    for key in ("model", "num_classes"):
+        if meta[key] != config[key]:
+            raise checkpoint.CheckpointError(
+                f"{where} holds a checkpoint of {key}={meta[key]!r} but the config says {config[key]!r}; "
+                "use another --workdir or the config that trained it"
+            )
+
+
+def _flush(pending: list, writer: logs.MetricWriter, progress: logs.Progress, step_in_epoch: int, last_good: int):
+    """Fetches the metrics of the steps since the last flush; stops on a non-finite loss."""
+    if not pending:
+        return
+    steps, values = zip(*pending, strict=True)
+    values = jax.device_get(list(values))
+    for s, v in zip(steps, values, strict=True):
+        if not np.isfinite(v["loss"]):
+            raise TrainingDivergedError(
+                f"loss is {v['loss']} at step {s}; stopping. The last good checkpoint (step {last_good}) is kept. "
+                "Lower the learning rate, enable config.optimizer.grad_clip_norm, or check the input data."
+            )
+    mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    writer.write(steps[-1], "train", mean)
+    progress.update(step_in_epoch, loss=mean["loss"], acc=mean["accuracy"])
+    pending.clear()
+
+
+def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, mesh, split: str) -> dict[str, float]:
+    """Accuracy, macro-F1 (and more, see `metrics.from_confusion`) over one pass of `split`."""
+    cm = np.zeros((config.num_classes, config.num_classes), np.int64)
+    for batch in data.eval_iterator(config, split, mesh=mesh):
+        cm += np.asarray(jax.device_get(eval_step(state, {k: batch[k] for k in ("image", "label", "mask")})))
+    return metrics.from_confusion(cm)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
+    # Workdir I/O goes through tf.io.gfile: on a pod the workdir is a gs:// path.
+    tf.io.gfile.makedirs(workdir)
+    done_path = os.path.join(workdir, DONE_FILE)
+    if tf.io.gfile.exists(done_path):
+        log.warning("%s: run already finished (DONE exists); nothing to do", workdir)
+        with tf.io.gfile.GFile(done_path) as f:
+            return json.load(f)
+
+    # ---- Mesh and input -------------------------------------------------------------------------
+    mesh = distributed.make_mesh()
+    repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
+    info = data.dataset_info(config)
+    steps_per_epoch = info.steps_per_epoch(config.batch_size)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {info.num_examples('train')} training examples")
+    weights = class_weights(config, info)
+
+    # ---- Model, state, resume -------------------------------------------------------------------
+    model = build_model(config)
+    arch = models.get_arch(config.model)
+    stages = config_lib.stages(config)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    ckpts = checkpoint.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
+    found = ckpts.latest_meta()
+    if found:
+        step, meta = found
+        check_compatible(meta, config, workdir)
+        log.info("resuming from %s at step %d (stage %d)", workdir, step, meta["stage_index"])
+    else:
+        step, meta = 0, _fresh_meta(config)
+    writer = logs.MetricWriter(workdir)
+    train_iter = data.train_iterator(config, mesh=mesh, start_step=step)
+    use_ema = config.ema_decay > 0
+    eval_step = jax.jit(make_eval_step(model, use_ema=use_ema), in_shardings=(repl, sharded), out_shardings=repl)
+    state: TrainState | None = None
+
+    for stage_index in range(meta["stage_index"], len(stages)):
+        name, stage = stages[stage_index]
+        # ---- Stage: parameter groups and optimizer ----------------------------------------------
+        groups = optim.param_groups(shapes["params"], stage, arch)
+        stage_steps = stage.epochs * steps_per_epoch
+        tx = optim.make_optimizer(config, stage, groups, steps=stage_steps, steps_per_epoch=steps_per_epoch)
+        if jax.process_index() == 0:
+            print(
+                f"stage {stage_index + 1}/{len(stages)} {name!r}: {stage.epochs} epochs x {steps_per_epoch} steps, "
+                f"BatchNorm {stage.bn}\n{groups.table}",
+                flush=True,
+            )
+        if state is None and found:
+            abstract = jax.eval_shape(lambda tx=tx: new_state(shapes, tx, seed=config.seed, ema=use_ema))
+            state = ckpts.restore_latest(checkpoint.abstract_with_sharding(abstract, repl))
+        elif state is None:
+            state = jax.device_put(new_state(initial_variables(config, model), tx, seed=config.seed, ema=use_ema), repl)
+        else:  # a new stage: fresh optimizer state for its groups
+            state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
+            meta.update(
+                stage_index=stage_index,
+                stage_start_step=step,
+                stage_finished=False,
+                stage_best_val_macro_f1=-1.0,
+                epochs_since_stage_best=0,
+            )
+            writer.write(step, "stage", {"stage": name, "stage_index": stage_index})
+        if meta["stage_finished"]:
+            continue  # resumed exactly at the end of this stage
+
+        # ---- Stage: compiled step -----------------------------------------------------------
+        train_step = jax.jit(
+            make_train_step(
+                model,
+                tx,
+                update_batch_stats=stage.bn == "train",
+                label_smoothing=config.label_smoothing,
+                class_weights=weights,
+                ema_decay=config.ema_decay,
+            ),
+            in_shardings=(repl, sharded),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
+        )
+
+        # ---- Stage: epochs ------------------------------------------------------------------
+        first_epoch = (step - meta["stage_start_step"]) // steps_per_epoch
+        for epoch_in_stage in range(first_epoch, stage.epochs):
+            epoch_end = meta["stage_start_step"] + (epoch_in_stage + 1) * steps_per_epoch
+            epoch = epoch_end // steps_per_epoch
+            progress = logs.Progress(
+                steps_per_epoch,
+                f"{name} epoch {epoch_in_stage + 1}/{stage.epochs}",
+                batch_size=config.batch_size,
+                initial=steps_per_epoch - (epoch_end - step),
+            )
+            pending, last_good = [], step
+            while step < epoch_end:
+                state, step_metrics = train_step(state, next(train_iter))
+                step += 1
+                pending.append((step, step_metrics))
+                if step % config.log_every_steps == 0 or step == epoch_end:
+                    _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
+                if step % config.checkpoint.every_steps == 0 and step != epoch_end:
+                    _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
+                    ckpts.save("latest", step, state, meta)
+                    last_good = step
+            progress.close()
+
+            # ---- Evaluation, best checkpoint, early stopping --------------------------------
+            val = evaluate(eval_step, state, config, mesh, config.data.val_split)
+            writer.write(step, "val", val | {"epoch": epoch})
+            if jax.process_index() == 0:
+                print(
+                    f"  epoch {epoch} (step {step}): val accuracy {val['accuracy']:.4f}, "
+                    f"macro-F1 {val['macro_f1']:.4f}",
+                    flush=True,
+                )
+            if val["macro_f1"] > meta["best_val_macro_f1"]:
+                meta.update(best_val_macro_f1=val["macro_f1"], best_step=step, best_val=val)
+                ckpts.save("best", step, state, meta)
+            if val["macro_f1"] > meta["stage_best_val_macro_f1"] + config.early_stopping.min_delta:
+                meta.update(stage_best_val_macro_f1=val["macro_f1"], epochs_since_stage_best=0)
+            else:
+                meta["epochs_since_stage_best"] += 1
+            patience = config.early_stopping.patience
+            stop_early = patience > 0 and meta["epochs_since_stage_best"] >= patience
+            meta["stage_finished"] = stop_early or epoch_in_stage + 1 == stage.epochs
+            ckpts.save("latest", step, state, meta)
+            if stop_early:
+                log.info("stage %r: no macro-F1 gain for %d epochs; ending the stage early", name, patience)
+                writer.write(step, "early_stop", {"stage": name})
+                break
+
+    # ---- Done ---------------------------------------------------------------------------------
+    ckpts.wait()
+    ckpts.close()
+    writer.close()
+    summary = {
+        "step": step,
+        "best_step": meta["best_step"],
+        "best_val_macro_f1": meta["best_val_macro_f1"],
+        "best_val": meta.get("best_val"),
+    }
+    if jax.process_index() == 0:
+        logs.plot_curves(workdir)
+        with tf.io.gfile.GFile(done_path, "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
