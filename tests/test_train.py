@@ -73,12 +73,14 @@ def test_one_and_eight_devices_give_the_same_loss_curve(tmp_path, eight_device_r
     run(tmp_path / "one", *TINY, devices=1)
     one, eight = np.array(_train_losses(tmp_path / "one")), np.array(_train_losses(eight_device_run))
     assert len(one) == len(eight) == 24
-    # Same math, other reduction order: the head stage (frozen backbone) agrees to float noise; once
-    # everything trains, Adam's normalisation amplifies that noise in near-zero gradients, so the
-    # curves drift apart slowly (measured: <= 1% by step 24) but never systematically.
-    np.testing.assert_allclose(one[:8], eight[:8], rtol=1e-4)
-    np.testing.assert_allclose(one, eight, rtol=3e-2)
-    assert abs(float(np.mean(one - eight))) < 5e-3
+    # Same math, other reduction order. While the backbone is frozen (steps 1-8) the curves agree
+    # to float noise. Once BatchNorm trains, its statistics must be global over the 8 shards: a
+    # per-device BatchNorm (1 example per device) would change the loss at the very first such step,
+    # so steps 9-11 must still agree to 1e-4. After that, training from random init amplifies float
+    # noise (measured: 1e-5 at step 9 growing to ~5% by step 24), so later steps only stay close.
+    np.testing.assert_allclose(one[:8], eight[:8], rtol=1e-5)
+    np.testing.assert_allclose(one[8:11], eight[8:11], rtol=1e-4)
+    np.testing.assert_allclose(one, eight, rtol=0.15)
 
 
 def test_checkpoint_from_eight_devices_restores_on_one(eight_device_run):

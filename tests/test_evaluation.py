@@ -1,0 +1,139 @@
+"""Evaluation and prediction from checkpoints: metrics, reports, submission, collapse guard, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import jax
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+from training_runs import ROOT, env, main_command
+
+from flowers_jax import guard, metrics, reports
+
+
+@pytest.fixture(scope="module")
+def fixture_predictions():
+    """12 classes, 3 of them never in the labels, 2 never predicted; 203 examples."""
+    rng = np.random.default_rng(0)
+    labels = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 8], size=203)
+    logits = rng.normal(size=(203, 12)) + 3.0 * np.eye(12)[labels] * (rng.uniform(size=(203, 1)) < 0.7)
+    logits[:, 10:] -= 100.0  # classes 10 and 11 are never predicted
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return labels, probs
+
+
+def test_metrics_equal_scikit_learn(fixture_predictions):
+    labels, probs = fixture_predictions
+    preds = probs.argmax(-1)
+    cm = np.asarray(jax.jit(metrics.confusion_matrix)(labels, probs, np.ones(len(labels))))
+    ours = metrics.from_confusion(cm)  # what training's validation reports
+    report = reports.summary_metrics(labels, probs)  # what --mode eval reports
+    for r in (ours, report):
+        assert r["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds), abs=1e-12)
+        assert r["macro_f1"] == pytest.approx(skm.f1_score(labels, preds, average="macro"), abs=1e-12)
+        assert r["weighted_f1"] == pytest.approx(skm.f1_score(labels, preds, average="weighted"), abs=1e-12)
+    assert ours["macro_precision"] == pytest.approx(
+        skm.precision_score(labels, preds, average="macro", zero_division=0)
+    )
+    assert report["top5_accuracy"] == pytest.approx(skm.top_k_accuracy_score(labels, probs, k=5, labels=range(12)))
+    # Padding rows (mask 0) count nowhere.
+    padded = np.asarray(
+        metrics.confusion_matrix(np.r_[labels, [3, 3]], np.r_[probs, probs[:2]], np.r_[np.ones(203), [0, 0]])
+    )
+    np.testing.assert_array_equal(padded, cm)
+
+
+def test_expected_calibration_error_by_hand():
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]])
+    # bins (15 equal): 0.9 -> correct; 0.8 -> correct; 0.6 -> wrong; 0.55 -> correct (each its own bin)
+    expected = (abs(1 - 0.9) + abs(1 - 0.8) + abs(0 - 0.6) + abs(1 - 0.55)) / 4
+    assert reports.expected_calibration_error(labels, probs)[0] == pytest.approx(expected)
+
+
+def test_guard_fires_on_collapse_and_stays_quiet_when_healthy(fixture_predictions, capsys):
+    _, probs = fixture_predictions
+    names = [f"c{i}" for i in range(12)]
+    healthy = guard.check_predictions(probs, names)
+    assert not healthy.collapsed
+    collapsed_probs = probs.copy()
+    collapsed_probs[:, 4] += 10.0
+    report = guard.check_predictions(collapsed_probs, names)
+    assert report.collapsed and report.dominant_class == 4 and report.share == 1.0
+    guard.announce(report)
+    assert "PREDICTION COLLAPSE" in capsys.readouterr().out
+
+
+def _main(workdir, *args):
+    return subprocess.run(
+        main_command(workdir, *args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_eval_mode_writes_every_report(smoke_workdir):
+    proc = _main(smoke_workdir, "--mode=eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = smoke_workdir / "eval" / "best" / "val"
+    for name in (
+        "metrics.json",
+        "per_class.csv",
+        "per_class.md",
+        "confusion_matrix.png",
+        "confused_pairs.csv",
+        "confused_pairs.md",
+        "reliability.png",
+        "guard.json",
+    ):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["examples"] == 8 * 8 and "macro_f1" in summary and "ece" in summary
+    assert "macro-F1" in proc.stdout and "prediction distribution ok" in proc.stdout
+    rows = list(csv.DictReader((out / "per_class.csv").read_text().splitlines()))
+    assert len(rows) == 8 and sum(int(r["support"]) for r in rows) == 64
+
+
+def test_predict_mode_writes_each_test_id_exactly_once(smoke_workdir):
+    import tensorflow as tf
+
+    proc = _main(smoke_workdir, "--mode=predict", "--checkpoint=latest", "--config.eval.tta=flip,crops")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = smoke_workdir / "predict" / "latest" / "test"
+    rows = list(csv.DictReader((out / "submission.csv").read_text().splitlines()))
+    files = tf.io.gfile.glob(str(smoke_workdir / "data" / "*" / "test" / "*.tfrec"))
+    features = {"id": tf.io.FixedLenFeature([], tf.string)}
+    ids = [tf.io.parse_single_example(r, features)["id"].numpy().decode() for r in tf.data.TFRecordDataset(files)]
+    assert len(ids) == 20  # the smoke set's 20 test examples: not a multiple of the batch of 16
+    assert sorted(r["id"] for r in rows) == sorted(ids)
+    assert all(0 <= int(r["label"]) < 8 for r in rows)
+    npz = np.load(out / "probabilities.npz")
+    assert npz["probs"].shape == (20, 8) and list(npz["ids"]) == [r["id"] for r in rows]
+    assert (out / "guard.json").exists()
+
+
+def test_guard_on_a_model_forced_to_one_class(smoke_workdir):
+    from flowers_jax import data, inference
+    from flowers_jax.evaluation import predict_split
+
+    config, variables, _ = inference.load_for_inference(str(smoke_workdir), "best")
+    with config.unlocked():
+        config.data.data_dir = str(smoke_workdir / "data")
+    bias = variables["params"]["head"]["predictions"]["bias"]
+    variables["params"]["head"]["predictions"]["bias"] = bias.at[3].add(1e4)
+    probs, _, _ = predict_split(config, variables, "val")
+    report = guard.check_predictions(probs, data.dataset_info(config).class_names)
+    assert report.collapsed and report.dominant_class == 3
+
+
+def test_mismatched_checkpoint_and_missing_workdir_are_clear_errors(smoke_workdir, tmp_path):
+    proc = _main(smoke_workdir, "--mode=eval", "--config.model=mobilenet_v2_035")
+    assert proc.returncode != 0 and "model='efficientnet_lite0'" in proc.stderr and "mobilenet_v2_035" in proc.stderr
+    proc = _main(smoke_workdir, "--mode=eval", "--config.num_classes=5")
+    assert proc.returncode != 0 and "num_classes=8" in proc.stderr
+    proc = _main(tmp_path / "nowhere", "--mode=eval")
+    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    proc = _main(smoke_workdir, "--mode=eval", "--split=test")
+    assert proc.returncode != 0 and "no labels" in proc.stderr and "--mode predict" in proc.stderr
