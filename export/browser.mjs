@@ -1,0 +1,118 @@
+// Drives the system's headless Chromium over the web demo (tests and benchmarks); prints JSON.
+//
+//   node export/browser.mjs camera --url http://127.0.0.1:PORT/ --video photo.y4m [--screenshot s.png]
+//   node export/browser.mjs upload --url http://127.0.0.1:PORT/?camera=... --file photo.jpg [--screenshot s.png]
+//   node export/browser.mjs page   --url http://127.0.0.1:PORT/ [--deny-camera] [--screenshot s.png]
+//                                  (the page after start-up; --deny-camera: the user refuses the camera)
+//   node export/browser.mjs bench  --url 'http://127.0.0.1:PORT/?camera=off&backend=wasm' [--frames 20]
+//
+// camera: Chromium's fake camera plays the .y4m file; waits for a prediction on a camera frame.
+// upload: no camera at all (as on a desktop without one); chooses the file in the page's file input.
+// Output: window.demo.snapshot() (what the page shows + the pixels it fed the model) or the
+// benchmark figures, plus the page's console errors.
+import { parseArgs } from 'node:util';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const { positionals, values: args } = parseArgs({
+  allowPositionals: true,
+  options: {
+    url: { type: 'string' },
+    video: { type: 'string' },
+    file: { type: 'string' },
+    screenshot: { type: 'string' },
+    frames: { type: 'string', default: '20' },
+    chromium: { type: 'string', default: process.env.CHROMIUM || '/usr/bin/chromium' },
+    timeout: { type: 'string', default: '120000' },
+    'min-frame': { type: 'string', default: '3' },
+    'deny-camera': { type: 'boolean', default: false },
+  },
+});
+const mode = positionals[0];
+if (!['camera', 'upload', 'page', 'bench'].includes(mode) || !args.url) {
+  console.error('usage: node export/browser.mjs camera|upload|page|bench --url URL [...] (see the header)');
+  process.exit(2);
+}
+const timeout = Number(args.timeout);
+
+// Flags for a closed-network machine (no background connections, updates or sync) and a
+// headless run; the fake-camera flags only in camera mode.
+const flags = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+if (args['deny-camera']) {
+  // A camera exists, and the (fake) permission prompt answers "Block".
+  flags.push('--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream=deny');
+} else if (mode === 'camera') {
+  if (!args.video) throw new Error('camera mode needs --video file.y4m');
+  flags.push(
+    '--use-fake-ui-for-media-stream',
+    '--use-fake-device-for-media-stream',
+    `--use-file-for-fake-video-capture=${path.resolve(args.video)}`,
+  );
+}
+
+async function main() {
+  // A fresh, empty profile for every run.
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'flowers-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: args.chromium,
+    headless: true,
+    args: flags,
+    viewport: { width: 412, height: 915 },  // a phone-sized screen
+    deviceScaleFactor: 1,
+  });
+  const console_ = [];
+  try {
+    const page = context.pages()[0] || (await context.newPage());
+    page.on('console', (m) => {
+      if (m.type() === 'error' || m.type() === 'warning') console_.push(`${m.type()}: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
+    await page.goto(args.url, { timeout });
+    await page.waitForFunction(() => window.demo && window.demo.state.status !== 'loading', null, { timeout });
+    let result;
+    if (mode === 'camera') {
+      const minFrame = Number(args['min-frame']);
+      await page.waitForFunction(
+        (n) => window.demo.state.status === 'error' || (window.demo.state.last && window.demo.state.last.source === 'camera' && window.demo.state.frame >= n),
+        minFrame,
+        { timeout },
+      );
+      result = await page.evaluate(() => window.demo.snapshot());
+    } else if (mode === 'upload') {
+      if (!args.file) throw new Error('upload mode needs --file photo.jpg');
+      const before = await page.evaluate(() => window.demo.snapshot());
+      if (before.status === 'ready') {
+        await page.setInputFiles('#file', path.resolve(args.file));
+        await page.waitForFunction(() => window.demo.state.last && window.demo.state.last.source === 'photo', null, { timeout });
+      }
+      result = await page.evaluate(() => window.demo.snapshot());
+      result.messageBefore = before.message;
+    } else if (mode === 'bench') {
+      result = await page.evaluate((n) => window.demo.benchmark(n), Number(args.frames));
+    } else {
+      result = await page.evaluate(() => window.demo.snapshot());
+    }
+    if (args.screenshot) await page.screenshot({ path: args.screenshot, fullPage: true });
+    result.console = console_;
+    result.chromium = context.browser() ? context.browser().version() : null;
+    console.log(JSON.stringify(result));
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e.stack || String(e));
+  process.exit(1);
+});

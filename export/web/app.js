@@ -1,0 +1,336 @@
+// Flower classifier web demo: camera (or a chosen photo) -> centre square -> TF.js graph model -> top 5.
+//
+// Files it expects next to it (the exporter puts them there): metadata.json (class names, input
+// size), tfjs_model/model.json (+ weight shards), vendor/ (TF.js and its wasm binaries).
+// The model takes RGB 0-255 and normalises itself: the page never normalises.
+//
+// URL options: ?backend=wasm (or a list to try in order, e.g. wasm,cpu), ?camera=off (do not open the camera).
+// window.demo exposes the state for tests and benchmarks (see the bottom of this file).
+'use strict';
+
+const params = new URLSearchParams(location.search);
+const BACKENDS = params.get('backend') ? params.get('backend').split(',') : ['webgl', 'wasm', 'cpu'];
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  status: 'loading',      // loading | ready | error
+  backend: null,
+  backendDetail: null,    // e.g. "wasm, 1 thread"
+  metadata: null,
+  model: null,
+  size: 0,
+  source: null,           // 'camera' | 'photo'
+  running: false,         // camera loop on
+  frame: 0,               // predictions made so far
+  last: null,             // {top5: [{index, name, prob}], ms, source, frame}
+  lastPixels: null,       // Uint8ClampedArray RGBA of the size x size input of `last`
+  errors: [],
+};
+
+// The model's input: the centred square of the frame, resized to size x size.
+const canvas = document.createElement('canvas');
+const ctx = canvas.getContext('2d', { willReadFrequently: true });
+
+function setStatus(text) {
+  $('status').textContent = text;
+}
+
+function showMessage(text, kind = 'info') {
+  const box = $('message');
+  box.textContent = text;
+  box.className = kind === 'error' ? 'message error' : 'message';
+  box.hidden = !text;
+}
+
+async function fetchJson(url) {
+  const response = await fetch(url, { cache: 'no-cache' });
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+// Tries each backend in order; a backend counts only if the model loads and runs on it
+// (e.g. a phone's WebGL can initialise and still fail on the first convolution).
+const isNotFound = (e) => /\b404\b/.test(String(e));
+
+async function loadModelOnSomeBackend() {
+  if (tf.wasm) tf.wasm.setWasmPaths('vendor/');  // the wasm binaries are served locally
+  const failures = [];
+  for (const name of BACKENDS) {
+    let model = null;
+    try {
+      if (!(await tf.setBackend(name))) throw new Error('not available here');
+      await tf.ready();
+      model = await tf.loadGraphModel('tfjs_model/model.json');
+      tf.tidy(() => model.predict(tf.zeros([1, state.size, state.size, 3])));  // warm-up compiles kernels
+      return { model, backend: name, failures };
+    } catch (e) {
+      if (isNotFound(e)) throw e;  // the model is missing: no backend will help
+      if (model) model.dispose();
+      failures.push(`${name}: ${e.message || e}`);
+      console.warn(`backend ${name} failed:`, e);
+    }
+  }
+  throw new Error(`no TF.js backend could run the model (${failures.join('; ')})`);
+}
+
+// "wasm, 1 thread": TF.js picks its thread count itself. Threads need a cross-origin isolated
+// page (COOP/COEP headers), which a plain static server does not give; the page works either way.
+function backendDetail(name) {
+  if (name !== 'wasm' || !tf.wasm || typeof tf.wasm.getThreadsCount !== 'function') return name;
+  const n = tf.wasm.getThreadsCount();
+  return `wasm, ${n} thread${n === 1 ? '' : 's'}`;
+}
+
+function renderTop5(top5, ms) {
+  const list = $('top5');
+  list.replaceChildren(
+    ...top5.map(({ name, prob }) => {
+      const li = document.createElement('li');
+      const label = document.createElement('span');
+      label.className = 'name';
+      label.textContent = name;
+      const percent = document.createElement('span');
+      percent.className = 'percent';
+      percent.textContent = `${(prob * 100).toFixed(1)}%`;
+      const bar = document.createElement('div');
+      bar.className = 'bar';
+      const fill = document.createElement('span');
+      fill.style.width = `${Math.max(0, Math.min(100, prob * 100)).toFixed(1)}%`;
+      bar.append(fill);
+      li.append(label, percent, bar);
+      return li;
+    }),
+  );
+  $('latency').textContent = `${ms.toFixed(1)} ms`;
+}
+
+// Crop the centred square of `source` (video, image or bitmap), resize, predict, show.
+async function classify(source, width, height, kind) {
+  const side = Math.min(width, height);
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = 'high';
+  ctx.drawImage(source, (width - side) / 2, (height - side) / 2, side, side, 0, 0, state.size, state.size);
+  const t0 = performance.now();
+  const probs = tf.tidy(() => {
+    const x = tf.browser.fromPixels(canvas).toFloat().expandDims(0);  // RGB 0-255, as the model wants
+    return state.model.predict(x).probabilities;
+  });
+  const p = await probs.data();
+  probs.dispose();
+  const ms = performance.now() - t0;
+  const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 5);
+  const names = state.metadata.class_names;
+  const top5 = order.map((i) => ({ index: i, name: names[i] ?? `class ${i}`, prob: p[i] }));
+  state.frame += 1;
+  state.last = { top5, ms, source: kind, frame: state.frame };
+  state.lastPixels = ctx.getImageData(0, 0, state.size, state.size).data.slice();
+  renderTop5(top5, ms);
+  return state.last;
+}
+
+// ---- camera -------------------------------------------------------------------------------
+
+function cameraErrorText(e) {
+  switch (e && e.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return 'Camera permission was refused. Allow camera access for this page in the browser settings, or choose a photo below.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'No camera was found on this device. Choose a photo below instead.';
+    case 'NotReadableError':
+    case 'AbortError':
+      return 'The camera is in use by another app or could not start. Close other camera apps and tap "Use camera", or choose a photo.';
+    default:
+      return `The camera could not be opened (${(e && (e.name || e.message)) || e}). Choose a photo below instead.`;
+  }
+}
+
+async function startCamera() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    showMessage(
+      'This browser gives no camera access to this page: open it over https:// or from http://localhost, or choose a photo below.',
+      'error',
+    );
+    return false;
+  }
+  let stream;
+  try {
+    // The rear camera as a preference, not a requirement ({exact: ...} fails on laptops).
+    stream = await navigator.mediaDevices.getUserMedia({
+      audio: false,
+      video: { facingMode: { ideal: 'environment' }, width: { ideal: 1280 }, height: { ideal: 720 } },
+    });
+  } catch (e) {
+    showMessage(cameraErrorText(e), 'error');
+    $('camera-button').hidden = false;
+    return false;
+  }
+  const video = $('video');
+  video.srcObject = stream;
+  await video.play().catch(() => {});
+  video.hidden = false;
+  $('photo').hidden = true;
+  $('placeholder').hidden = true;
+  $('camera-button').hidden = true;
+  showMessage('');
+  state.source = 'camera';
+  state.running = true;
+  requestAnimationFrame(cameraLoop);
+  return true;
+}
+
+async function cameraLoop() {
+  if (!state.running) return;
+  const video = $('video');
+  try {
+    if (video.readyState >= 2 && video.videoWidth > 0) {
+      await classify(video, video.videoWidth, video.videoHeight, 'camera');
+    }
+  } catch (e) {
+    state.errors.push(String(e));
+    showMessage(`Prediction failed: ${e.message || e}`, 'error');
+  }
+  requestAnimationFrame(cameraLoop);
+}
+
+function stopCamera() {
+  state.running = false;
+  const video = $('video');
+  if (video.srcObject) video.srcObject.getTracks().forEach((t) => t.stop());
+  video.srcObject = null;
+  video.hidden = true;
+  $('camera-button').hidden = false;
+}
+
+// ---- photo upload ---------------------------------------------------------------------------
+
+async function classifyFile(file) {
+  if (!file) return null;
+  stopCamera();
+  const photo = $('photo');
+  const url = URL.createObjectURL(file);
+  photo.src = url;
+  try {
+    await photo.decode();
+  } catch (e) {
+    showMessage(`This file could not be read as an image (${file.name}).`, 'error');
+    return null;
+  }
+  photo.hidden = false;
+  $('placeholder').hidden = true;
+  state.source = 'photo';
+  showMessage('');
+  return classify(photo, photo.naturalWidth, photo.naturalHeight, 'photo');
+}
+
+// ---- start-up -------------------------------------------------------------------------------
+
+async function main() {
+  try {
+    state.metadata = await fetchJson('metadata.json');
+  } catch (e) {
+    throw new Error(
+      `Model missing: metadata.json could not be loaded (${e.message}). Serve this page from the export folder ` +
+        '(python -m http.server in the folder that holds metadata.json and tfjs_model/).',
+    );
+  }
+  state.size = state.metadata.input.size;
+  $('model-name').textContent = state.metadata.model_name;
+  setStatus('Loading the model…');
+  let loaded;
+  try {
+    loaded = await loadModelOnSomeBackend();
+  } catch (e) {
+    if (isNotFound(e)) {
+      throw new Error(`Model missing: tfjs_model/model.json was not found next to this page (${e.message}).`);
+    }
+    throw e;
+  }
+  state.model = loaded.model;
+  state.backend = loaded.backend;
+  canvas.width = canvas.height = state.size;
+  state.backendDetail = backendDetail(loaded.backend);
+  $('backend').textContent = loaded.failures.length
+    ? `${state.backendDetail} (fell back: ${loaded.failures.map((f) => f.split(':')[0]).join(', ')} failed)`
+    : state.backendDetail;
+  setStatus(`Ready: ${state.metadata.num_classes} species, ${state.size}×${state.size} input.`);
+  $('file').addEventListener('change', (ev) => classifyFile(ev.target.files[0]));
+  $('camera-button').addEventListener('click', () => startCamera());
+  if (params.get('camera') === 'off') {
+    $('camera-button').hidden = false;
+  } else {
+    await startCamera();
+  }
+  state.status = 'ready';  // after the camera attempt, so its outcome is on the page by now
+}
+
+const ready = main().catch((e) => {
+  state.status = 'error';
+  state.errors.push(String(e));
+  setStatus('Not ready.');
+  showMessage(e.message || String(e), 'error');
+});
+
+// ---- hooks for tests and benchmarks ----------------------------------------------------------
+
+function toBase64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+window.demo = {
+  ready,
+  state,
+  classifyFile,
+  // What the page shows now, and the exact RGB pixels ([size, size, 3], base64) it fed the model for it.
+  snapshot() {
+    const rgba = state.lastPixels;
+    let rgb = null;
+    if (rgba) {
+      rgb = new Uint8Array((rgba.length / 4) * 3);
+      for (let i = 0, j = 0; i < rgba.length; i += 4, j += 3) rgb.set(rgba.subarray(i, i + 3), j);
+    }
+    return {
+      status: state.status,
+      backend: state.backend,
+      backendText: $('backend').textContent,
+      message: $('message').hidden ? '' : $('message').textContent,
+      size: state.size,
+      last: state.last,
+      shownTop5: Array.from(document.querySelectorAll('#top5 .name'), (el) => el.textContent),
+      latencyText: $('latency').textContent,
+      pixels: rgb ? toBase64(rgb) : null,
+      errors: state.errors,
+    };
+  },
+  // Median ms per frame of the whole per-frame path (crop + resize, predict, read back) over n
+  // frames of a fixed synthetic 640x480 picture, after `warmup` untimed frames.
+  async benchmark(n = 20, warmup = 3) {
+    stopCamera();
+    const source = document.createElement('canvas');
+    source.width = 640;
+    source.height = 480;
+    const g = source.getContext('2d');
+    const grad = g.createLinearGradient(0, 0, 640, 480);
+    grad.addColorStop(0, '#f6bd60');
+    grad.addColorStop(1, '#84a59d');
+    g.fillStyle = grad;
+    g.fillRect(0, 0, 640, 480);
+    const times = [];
+    for (let i = 0; i < warmup + n; i++) {
+      const t0 = performance.now();
+      await classify(source, 640, 480, 'benchmark');
+      if (i >= warmup) times.push(performance.now() - t0);
+    }
+    times.sort((a, b) => a - b);
+    return {
+      backend: state.backendDetail,
+      crossOriginIsolated: window.crossOriginIsolated === true,
+      frames: n,
+      median_ms: times[Math.floor(n / 2)],
+      min_ms: times[0],
+    };
+  },
+};

@@ -1,0 +1,210 @@
+"""`export_model`: Flax variables -> TF.js, ONNX, jax2tf SavedModel, web demo, metadata and parity.
+
+Output folder:
+  index.html app.js style.css vendor/   the web demo and its TF.js runtime (serve the folder)
+  tfjs_model/model.json + shards        TF.js graph model (from the Keras twin's SavedModel)
+  model.onnx                            ONNX (tf2onnx, same SavedModel)
+  keras_saved_model/                    the Keras twin's `model.export()` SavedModel
+  jax2tf_saved_model/                   the exact JAX function, for TF Serving
+  metadata.json  parity.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from flowers_jax import models
+from flowers_jax.export import metadata, onnx_export, parity, savedmodel, tfjs, twin, web
+
+log = logging.getLogger(__name__)
+
+MIN_PARITY_IMAGES = 32
+# float16 weights round every weight to 11 significant bits: logits move by ~1e-2, so the
+# float32 limit on |dprob| cannot hold. Such a model is held to top-1 agreement and this.
+FLOAT16_MAX_ABS_PROB = 2e-2
+
+TFJS_DIR, ONNX_FILE = "tfjs_model", "model.onnx"
+KERAS_SAVED_MODEL, JAX2TF_SAVED_MODEL = "keras_saved_model", "jax2tf_saved_model"
+MARKER = ".flowers_jax_export"  # lets overwrite=True delete only folders an export wrote
+
+
+@dataclasses.dataclass
+class ExportResult:
+    """What `export_model` wrote. `parity` is parity.json's content."""
+
+    out_dir: pathlib.Path
+    files: dict[str, str]
+    parity: dict
+    metadata: dict
+
+
+def _prepare_out_dir(out_dir: pathlib.Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} is not empty; choose a new folder or pass overwrite=True (--overwrite)")
+        if not (out_dir / MARKER).exists():
+            raise FileExistsError(f"{out_dir} is not empty and holds no earlier export; refusing to delete it")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by flowers_jax.export; overwrite=True may delete this folder\n")
+
+
+def _validate(model_name: str, variables: dict, class_names: Sequence[str], image_size: int, images: np.ndarray) -> int:
+    twin.check_supported(model_name)
+    try:
+        num_classes = int(variables["params"]["head"]["predictions"]["kernel"].shape[-1])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"variables have no head (params/head/predictions/kernel): {e}") from e
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {num_classes}-way head; give one name per logit")
+    if images.ndim != 4 or images.shape[1:] != (image_size, image_size, 3):
+        raise ValueError(f"parity images have shape {images.shape}; need [N, {image_size}, {image_size}, 3]")
+    if len(images) < MIN_PARITY_IMAGES:
+        raise ValueError(f"{len(images)} parity images; the check needs at least {MIN_PARITY_IMAGES} real photos")
+    return num_classes
+
+
+def flax_logits(model_name: str, variables: dict, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+    """The reference: logits [N, C] of `models.create(model_name, C).apply` on images [N, S, S, 3]."""
+    num_classes = int(variables["params"]["head"]["predictions"]["kernel"].shape[-1])
+    apply = jax.jit(models.create(model_name, num_classes).apply)
+    return np.concatenate(
+        [np.asarray(apply(variables, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+    )
+
+
+def _twin_outputs(keras_model: Any, images: np.ndarray, batch_size: int = 16) -> parity.Outputs:
+    outs = [keras_model(images[i : i + batch_size], training=False) for i in range(0, len(images), batch_size)]
+    return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in twin.OUTPUT_NAMES)
+
+
+def _sizes(out_dir: pathlib.Path, files: dict[str, str]) -> dict[str, int]:
+    def size(p: pathlib.Path) -> int:
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+
+    return {role: size(out_dir / rel) for role, rel in files.items()}
+
+
+def export_model(
+    out_dir: str | pathlib.Path,
+    *,
+    model_name: str,
+    variables: dict,
+    class_names: Sequence[str],
+    image_size: int,
+    checkpoint_info: dict[str, Any],
+    val_metrics: dict[str, Any] | None,
+    images_for_parity: np.ndarray,
+    parity_images_source: str = "",
+    licences: dict[str, str] | None = None,
+    float16: bool = False,
+    tfjs_backends: Sequence[str] = ("wasm",),
+    jax2tf: bool = True,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Exports a trained model and checks every artefact against Flax before reporting success.
+
+    Args:
+      out_dir: output folder (must be new or empty, or an earlier export with overwrite=True).
+      model_name: one of `models.names()`.
+      variables: {"params", "batch_stats", "preprocess"} of `models.create(model_name, C)`.
+      class_names: [C] names in logit order.
+      image_size: input side S; the exported models take [N, S, S, 3].
+      checkpoint_info: provenance of the variables (workdir, checkpoint, step...), for metadata.json.
+      val_metrics: validation metrics of the checkpoint (or None), for metadata.json.
+      images_for_parity: [N >= 32, S, S, 3] float32 real photos, RGB in [0, 255].
+      parity_images_source: where those photos came from (for parity.json).
+      licences: {"weights", "data", "code"}; missing keys get the project's defaults.
+      float16: store the TF.js weights as float16 (judged by FLOAT16_MAX_ABS_PROB).
+      tfjs_backends: TF.js backends to check in Node ("wasm", "cpu").
+      jax2tf: also write (and check) the jax2tf SavedModel.
+      overwrite: replace an earlier export in out_dir.
+    Returns:
+      ExportResult.
+    Raises:
+      twin.TwinUnsupportedError: a model the Keras twin does not cover.
+      parity.ParityError: an artefact disagrees with Flax (parity.json is written first).
+    """
+    out_dir = pathlib.Path(out_dir)
+    images = np.asarray(images_for_parity, np.float32)
+    num_classes = _validate(model_name, variables, class_names, image_size, images)
+    variables = jax.tree.map(lambda v: np.asarray(v, np.float32), jax.device_get(variables))
+    web.node_modules()  # fail now, not after the conversions, if npm ci was not run
+    _prepare_out_dir(out_dir, overwrite)
+    t0 = time.perf_counter()
+
+    def step(msg: str) -> None:
+        log.info("[%6.1fs] %s", time.perf_counter() - t0, msg)
+
+    step(f"Flax reference on {len(images)} images")
+    reference = flax_logits(model_name, variables, images)
+    keras_model = twin.twin_from_variables(model_name, variables, image_size=image_size)
+    runtimes: dict[str, parity.Outputs] = {"keras_twin": _twin_outputs(keras_model, images)}
+    parity.check(parity.compare(reference, runtimes))  # a wrong twin: stop before converting
+    step("Keras twin matches Flax; writing its SavedModel")
+
+    files = {"keras_saved_model": KERAS_SAVED_MODEL, "tfjs": f"{TFJS_DIR}/model.json", "onnx": ONNX_FILE}
+    saved = savedmodel.export_twin(keras_model, out_dir / KERAS_SAVED_MODEL)
+    step("TF.js graph model")
+    model_json = tfjs.convert(saved, out_dir / TFJS_DIR, float16=float16)
+    step("ONNX")
+    onnx_path = onnx_export.convert(saved, out_dir / ONNX_FILE)
+    if jax2tf:
+        step("jax2tf SavedModel")
+        savedmodel.export_jax2tf(
+            out_dir / JAX2TF_SAVED_MODEL, model_name=model_name, variables=variables, image_size=image_size
+        )
+        files["jax2tf_saved_model"] = JAX2TF_SAVED_MODEL
+
+    step("running every artefact on the parity images")
+    timings = {}
+    for backend in tfjs_backends:
+        logits, probs, ms = parity.run_tfjs_node(model_json, images, node_dir=web.NODE_DIR, backend=backend)
+        runtimes[f"tfjs_node_{backend}"] = (logits, probs)
+        timings[f"tfjs_node_{backend}"] = ms
+    runtimes["onnxruntime"] = onnx_export.run(onnx_path, images)
+    if jax2tf:
+        runtimes["jax2tf_saved_model"] = savedmodel.run_savedmodel(out_dir / JAX2TF_SAVED_MODEL, images)
+
+    report = parity.compare(reference, runtimes)
+    report["images"] = {"count": len(images), "size": image_size, "source": parity_images_source}
+    report["tfjs_node_ms_per_image"] = timings
+    if float16:
+        report["thresholds"]["max_abs_prob_overrides"] = {k: FLOAT16_MAX_ABS_PROB for k in timings}
+    bad = parity.failures(report)
+    report["passed"] = not bad
+    (out_dir / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    if bad:
+        raise parity.ParityError(
+            "exported model(s) disagree with Flax (numbers in parity.json):\n  " + "\n  ".join(bad)
+        )
+    step("parity passed; writing metadata.json and the web demo")
+
+    web.install(out_dir)
+    licences = {"data": metadata.DATA_LICENCE, "code": "Apache-2.0 (flowers_jax)", **(licences or {})}
+    licences.setdefault("weights", metadata.weights_licence(checkpoint_info.get("pretrained")))
+    meta = metadata.build(
+        model_name=model_name,
+        class_names=class_names,
+        image_size=image_size,
+        checkpoint_info=checkpoint_info,
+        val_metrics=val_metrics,
+        licences=licences,
+        files=files,
+        float16=float16,
+    )
+    meta["sizes_bytes"] = _sizes(out_dir, {k: v.rsplit("/model.json", 1)[0] for k, v in files.items()})
+    meta["num_classes"] = num_classes
+    (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    step(f"done: {out_dir}")
+    return ExportResult(out_dir=out_dir, files=files, parity=report, metadata=meta)

