@@ -96,14 +96,14 @@ def from_pretrained(args: argparse.Namespace) -> ModelToExport:
 def from_workdir(args: argparse.Namespace) -> ModelToExport:
     """--workdir W --checkpoint C: the trained variables, class names and validation metrics of a run."""
     from flowers_jax import checkpoint, data, inference
+    from flowers_jax.data import fixtures
 
     try:
         config, variables, info = inference.load_for_inference(args.workdir, args.checkpoint)
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"nothing to export: {e}") from None
     if config.get("synthetic_data"):  # the smoke run keeps its data in the workdir
-        with config.unlocked():
-            config.data.data_dir = os.path.join(args.workdir, "data")
+        fixtures.use_workdir_data(config, args.workdir)
     try:
         names = list(data.dataset_info(config).class_names)
     except data.DataError:  # the data is not on this machine: names from --classes or placeholders

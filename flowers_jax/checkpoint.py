@@ -50,15 +50,11 @@ class Checkpoints:
         the same Orbax managers in the same order (their constructors synchronise).
         """
         step = self.latest.latest_step()
-        if step is None:
-            return None
-        return step, self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return None if step is None else (step, restore_meta(self.latest, step))
 
     def restore_latest(self, abstract_state: Any) -> Any:
         """The latest TrainState, onto the shardings given in `abstract_state`."""
-        step = self.latest.latest_step()
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-        return self.latest.restore(step, args=args)["state"]
+        return restore_state(self.latest, self.latest.latest_step(), abstract_state)
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -69,8 +65,8 @@ class Checkpoints:
         self.best.close()
 
 
-def _series(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
-    """Manager and step for which = "best" | "latest" | a step number."""
+def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
+    """Manager and step of which = "best" | "latest" | a step number (a read-only look-up)."""
     if not (epath.Path(workdir) / "checkpoints").is_dir():
         raise CheckpointError(f"{workdir}: no checkpoints/ folder; is this a training workdir?")
     name = "best" if which == "best" else "latest"
@@ -86,23 +82,23 @@ def _series(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
     return manager, step
 
 
+def restore_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The JSON `meta` item of a checkpoint (cheap: no arrays are read)."""
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """The `state` item of a checkpoint, onto the shardings given in `abstract_state` (ShapeDtypeStructs)."""
+    return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+
 def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
     """(step, meta) of a checkpoint, or None when the workdir has none yet."""
     try:
-        manager, step = _series(workdir, which)
+        manager, step = find(workdir, which)
     except CheckpointError:
         return None
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return step, meta
-
-
-def restore_state(workdir: str, which: str, abstract_state: Any) -> Any:
-    """Restores a TrainState onto the shardings given in `abstract_state` (ShapeDtypeStructs)."""
-    manager, step = _series(workdir, which)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
-    )
-    return restored["state"]
+    return step, restore_meta(manager, step)
 
 
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:

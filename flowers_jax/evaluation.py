@@ -109,18 +109,18 @@ def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
     meta = {"model": trained_config.model, "num_classes": trained_config.num_classes}
     try:
         train.check_compatible(meta, config, f"{workdir} ({which})")
-    except Exception as e:
+    except inference.checkpoint.CheckpointError as e:
         raise EvalError(str(e)) from None
     return variables, info
 
 
-def _guard(config, probs, class_names, out_dir) -> guard.GuardReport:
-    train_split = data.dataset_info(config).splits.get("train")
+def _guard(config, probs, info: data.DatasetInfo, out_dir) -> guard.GuardReport:
+    train_split = info.splits.get("train")
     counts = train_split.class_counts if train_split is not None else None
     prior = np.asarray(counts, np.float64) if counts is not None and np.sum(counts) > 0 else None
     report = guard.check_predictions(
         probs,
-        class_names,
+        list(info.class_names),
         prior=prior,
         max_share_ratio=config.eval.guard_max_share_ratio,
         min_histogram_entropy=config.eval.guard_min_histogram_entropy,
@@ -140,14 +140,15 @@ def run_eval(
     probs, labels, _ = predict_split(config, variables, split)
     if labels is None:
         raise EvalError(f"split {split!r} has no labels, so it cannot be evaluated; use --mode predict for it")
-    class_names = data.dataset_info(config).class_names
+    data_info = data.dataset_info(config)
+    class_names = data_info.class_names
     out = reports.ensure_dir(os.path.join(workdir, "eval", _checkpoint_name(which), _split_name(split)))
     summary = reports.summary_metrics(labels, probs) | {
         "checkpoint_step": info["step"],
         "split": split,
         "tta": config.eval.tta,
     }
-    report = _guard(config, probs, class_names, out)
+    report = _guard(config, probs, data_info, out)
     summary["prediction_collapse"] = report.collapsed
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(out, "metrics.json"), "w") as f:
@@ -171,9 +172,8 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "b
     """Predicts `split` (labels not needed); writes submission.csv and probabilities.npz; returns the folder."""
     variables, info = _load(config, workdir, which)
     probs, _, ids = predict_split(config, variables, split)
-    class_names = data.dataset_info(config).class_names
     out = reports.ensure_dir(os.path.join(workdir, "predict", _checkpoint_name(which), _split_name(split)))
-    _guard(config, probs, class_names, out)
+    _guard(config, probs, data.dataset_info(config), out)
     if len(set(ids)) != len(ids):
         raise EvalError(f"split {split!r} repeats ids; a submission needs each id once")
     if jax.process_index() == 0:

@@ -27,16 +27,17 @@ def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collection
     """
     if not epath.Path(workdir).is_dir():
         raise checkpoint.CheckpointError(f"workdir {workdir!r} does not exist")
-    found = checkpoint.read_meta(workdir, which)
-    if found is None:
-        raise checkpoint.CheckpointError(f"{workdir}: no {which!r} checkpoint (has the run saved one yet?)")
-    step, meta = found
+    try:
+        manager, step = checkpoint.find(workdir, which)
+    except checkpoint.CheckpointError:
+        raise checkpoint.CheckpointError(f"{workdir}: no {which!r} checkpoint (has the run saved one yet?)") from None
+    meta = checkpoint.restore_meta(manager, step)
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     model = build_model(config)
     abstract = abstract_state(config, model, meta["stage_index"])
     mesh = distributed.make_mesh()
     state = checkpoint.restore_state(
-        workdir, which, checkpoint.abstract_with_sharding(abstract, distributed.replicated(mesh))
+        manager, step, checkpoint.abstract_with_sharding(abstract, distributed.replicated(mesh))
     )
     info = {
         "step": step,

@@ -29,19 +29,16 @@ class MetricWriter:
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "split": split, "time": round(time.time(), 3)}
-        record.update(
-            {k: (float(v) if isinstance(v, int | float) or hasattr(v, "dtype") else v) for k, v in values.items()}
-        )
+        scalars = {k: float(v) for k, v in values.items() if isinstance(v, int | float) or hasattr(v, "dtype")}
+        record = {"step": int(step), "split": split, "time": round(time.time(), 3)} | values | scalars
         import tensorflow as tf
 
         with tf.io.gfile.GFile(self.path, "a") as f:  # gfile: the workdir may be gs://
             f.write(json.dumps(record) + "\n")
 
         with self._tb.as_default(step=int(step)):
-            for k, v in values.items():
-                if isinstance(v, int | float) or hasattr(v, "dtype"):
-                    tf.summary.scalar(f"{split}/{k}", float(v))
+            for k, v in scalars.items():
+                tf.summary.scalar(f"{split}/{k}", v)
         self._tb.flush()
 
     def close(self) -> None:

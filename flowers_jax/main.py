@@ -64,9 +64,9 @@ def main(argv: list[str]) -> None:
         return
     if not _WORKDIR.value:
         raise app.UsageError(f"--workdir is required for --mode {_MODE.value}")
+    if config.get("synthetic_data"):  # smoke runs keep their own dataset in the workdir
+        _use_synthetic_data(config, _WORKDIR.value, write=_MODE.value == "train")
     if _MODE.value == "train":
-        if config.get("synthetic_data"):
-            _write_synthetic_data(config, _WORKDIR.value)
         from flowers_jax import train
 
         train.train_and_evaluate(config, _WORKDIR.value)
@@ -74,9 +74,6 @@ def main(argv: list[str]) -> None:
 
     from flowers_jax import evaluation
 
-    if config.get("synthetic_data"):  # the smoke run's data lives in its workdir
-        with config.unlocked():
-            config.data.data_dir = os.path.join(_WORKDIR.value, "data")
     try:
         if _MODE.value == "eval":
             evaluation.run_eval(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
@@ -86,13 +83,15 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(e)) from None
 
 
-def _write_synthetic_data(config, workdir: str) -> None:
-    """Smoke runs bring their own data: a small learnable set under <workdir>/data (written once)."""
+def _use_synthetic_data(config, workdir: str, *, write: bool) -> None:
+    """Points the config at <workdir>/data; when training, first writes the small learnable set there (once)."""
     import jax
 
     from flowers_jax.data import fixtures
 
-    data_dir = os.path.join(workdir, "data")
+    data_dir = fixtures.use_workdir_data(config, workdir)
+    if not write:
+        return
     if jax.process_index() == 0 and not os.path.exists(os.path.join(data_dir, "dataset.json")):
         s = config.synthetic_data
         fixtures.write_synthetic_dataset(
@@ -108,8 +107,6 @@ def _write_synthetic_data(config, workdir: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("synthetic data written")
-    with config.unlocked():
-        config.data.data_dir = data_dir
 
 
 if __name__ == "__main__":

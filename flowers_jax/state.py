@@ -74,7 +74,7 @@ def abstract_state(config: ml_collections.ConfigDict, model: models.Classifier, 
     """
     from flowers_jax import optim  # local: optim is only needed to rebuild the stage's groups
 
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    shapes = models.variable_shapes(model)
     from flowers_jax.config import stages
 
     stage = stages(config)[stage_index][1]

@@ -105,16 +105,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh = distributed.make_mesh()
     repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
     info = data.dataset_info(config)
-    steps_per_epoch = info.steps_per_epoch(config.batch_size)
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {info.num_examples('train')} training examples")
+    steps_per_epoch = info.steps_per_epoch(config.batch_size)  # >= 1: the stream repeats to fill a batch
     weights = class_weights(config, info)
 
     # ---- Model, state, resume -------------------------------------------------------------------
     model = build_model(config)
     arch = models.get_arch(config.model)
     stages = config_lib.stages(config)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+    shapes = models.variable_shapes(model)
     ckpts = checkpoint.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
     found = ckpts.latest_meta()
     if found:

@@ -116,11 +116,11 @@ def test_predict_mode_writes_each_test_id_exactly_once(smoke_workdir):
 
 def test_guard_on_a_model_forced_to_one_class(smoke_workdir):
     from flowers_jax import data, inference
+    from flowers_jax.data import fixtures
     from flowers_jax.evaluation import predict_split
 
     config, variables, _ = inference.load_for_inference(str(smoke_workdir), "best")
-    with config.unlocked():
-        config.data.data_dir = str(smoke_workdir / "data")
+    fixtures.use_workdir_data(config, str(smoke_workdir))
     bias = variables["params"]["head"]["predictions"]["bias"]
     variables["params"]["head"]["predictions"]["bias"] = bias.at[3].add(1e4)
     probs, _, _ = predict_split(config, variables, "val")

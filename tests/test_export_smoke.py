@@ -16,20 +16,16 @@ from flowers_jax.export import browser, exporter, images, parity
 pytest.importorskip("keras")
 
 
+def _export(workdir, out, *extra: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Runs the documented exporter command on a training workdir."""
+    cmd = [sys.executable, str(ROOT / "export" / "export_model.py"), "--workdir", str(workdir), "--out", str(out)]
+    return subprocess.run([*cmd, *extra], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def smoke_export(smoke_workdir, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke_export") / "web"
-    cmd = [
-        sys.executable,
-        str(ROOT / "export" / "export_model.py"),
-        "--workdir",
-        str(smoke_workdir),
-        "--out",
-        str(out),
-        "--tfjs-backends",
-        "wasm,cpu",
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=900)
+    done = _export(smoke_workdir, out, "--tfjs-backends", "wasm,cpu")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     config, variables, _ = inference.load_for_inference(str(smoke_workdir), "best")
     return out, config, variables
@@ -49,15 +45,7 @@ def test_smoke_export_parity_and_metadata(smoke_export):
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path):
-    cmd = [
-        sys.executable,
-        str(ROOT / "export" / "export_model.py"),
-        "--workdir",
-        str(tmp_path),
-        "--out",
-        str(tmp_path / "out"),
-    ]
-    done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    done = _export(tmp_path, tmp_path / "out", timeout=300)
     assert done.returncode != 0 and "nothing to export" in done.stderr and "no 'best' checkpoint" in done.stderr
 
 

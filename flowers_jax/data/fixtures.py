@@ -133,3 +133,15 @@ def data_only_config(
     c.data.data_dir = data_dir
     c.data.image_size = image_size
     return c
+
+
+def use_workdir_data(config: ml_collections.ConfigDict, workdir: str) -> str:
+    """Points a config with `synthetic_data` (the smoke run) at its dataset, <workdir>/data; returns that path.
+
+    Such runs write their data into the workdir, so training, eval and export find it there
+    rather than in `config.data.data_dir`.
+    """
+    data_dir = os.path.join(workdir, "data")
+    with config.unlocked():
+        config.data.data_dir = data_dir
+    return data_dir

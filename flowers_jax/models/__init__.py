@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from flowers_jax.models import efficientnet, mobilenet_v2
 from flowers_jax.models.classifier import Classifier, Head
 from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
 
-__all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names"]
+__all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names", "variable_shapes"]
 
 # Overrides `create` accepts, and where they go.
 _BACKBONE_OVERRIDES = ("dtype", "depthwise_impl", "bn_momentum", "bn_axis_name")
@@ -67,3 +70,12 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
         input_std=arch.input_std,
         **kwargs,
     )
+
+
+def variable_shapes(model: Classifier) -> dict:
+    """ShapeDtypeStructs of every variable of `model`, without computing anything.
+
+    The shapes do not depend on the input's spatial size (the head pools globally),
+    so a small dummy input is traced.
+    """
+    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))

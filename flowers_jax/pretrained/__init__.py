@@ -71,9 +71,7 @@ def from_torch_state_dict(
     modules = torch_import.module_map(arch)
     num_classes = state_dict["_fc.weight"].shape[0] if "_fc.weight" in state_dict else 1
     model = models.create(model_name, num_classes)
-    target = traverse_util.flatten_dict(
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
-    )
+    target = traverse_util.flatten_dict(models.variable_shapes(model))
     if "_fc.weight" not in state_dict:
         target = {p: v for p, v in target.items() if p[:2] != ("params", "head")}
     bn = keras_names.bn_layer_names(target)
@@ -150,9 +148,7 @@ def _source_variables(source: str, model_name: str) -> tuple[dict, LoadReport]:
 def _source_model_name(report: LoadReport, variables: dict, model_name: str) -> None:
     """Refuses a source whose backbone is another architecture than `model_name`."""
     model = models.create(model_name, 1)
-    want = traverse_util.flatten_dict(
-        jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))["params"]["backbone"]
-    )
+    want = traverse_util.flatten_dict(models.variable_shapes(model)["params"]["backbone"])
     have = traverse_util.flatten_dict(variables["params"]["backbone"])
     diff = sorted(
         f"params/backbone/{path_str(p)}: model {tuple(want[p].shape) if p in want else 'absent'}, "

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -86,7 +84,7 @@ def from_keras_with_report(keras_model: Any, *, model_name: str | None = None) -
     has_top = "predictions" in layer_names
     num_classes = keras_model.get_layer("predictions").units if has_top else 1
     flax_model = models.create(model_name, num_classes)
-    target = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    target = models.variable_shapes(flax_model)
     target = traverse_util.flatten_dict(target)
     if not has_top:
         target = {p: v for p, v in target.items() if p[:2] != ("params", "head")}
