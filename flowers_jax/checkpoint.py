@@ -11,6 +11,7 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -20,6 +21,11 @@ from etils import epath
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not belong to this run's model."""
+
+
+def _root(workdir: str) -> epath.Path:
+    """<workdir>/checkpoints as an absolute path: Orbax refuses relative ones (gs:// is absolute)."""
+    return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
 
 
 def _manager(directory: epath.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
@@ -33,7 +39,7 @@ class Checkpoints:
     """The two checkpoint series of a workdir."""
 
     def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True):
-        root = epath.Path(workdir) / "checkpoints"
+        root = _root(workdir)
         self.latest = _manager(root / "latest", max_to_keep, async_save)
         self.best = _manager(root / "best", 1, async_save)
 
@@ -67,10 +73,11 @@ class Checkpoints:
 
 def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
     """Manager and step of which = "best" | "latest" | a step number (a read-only look-up)."""
-    if not (epath.Path(workdir) / "checkpoints").is_dir():
+    root = _root(workdir)
+    if not root.is_dir():
         raise CheckpointError(f"{workdir}: no checkpoints/ folder; is this a training workdir?")
     name = "best" if which == "best" else "latest"
-    manager = _manager(epath.Path(workdir) / "checkpoints" / name, 1, async_save=False)
+    manager = _manager(root / name, 1, async_save=False)
     if which in ("best", "latest"):
         step = manager.latest_step()
     else:

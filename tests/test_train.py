@@ -155,3 +155,14 @@ def test_bad_config_fails_before_compute(tmp_path):
     )
     assert proc.returncode != 0 and "modle" in proc.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_checkpoints_accept_a_relative_workdir(tmp_path, monkeypatch):
+    """The README runs with --workdir workdirs/smoke: Orbax itself wants absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    ckpts = checkpoint.Checkpoints("workdirs/rel", async_save=True)
+    ckpts.save("latest", 3, {"w": np.arange(4.0, dtype=np.float32)}, {"note": "relative"})
+    ckpts.wait()
+    ckpts.close()
+    assert checkpoint.read_meta("workdirs/rel", "latest") == (3, {"note": "relative"})
+    assert (tmp_path / "workdirs" / "rel" / "checkpoints" / "latest" / "3").is_dir()
