@@ -127,99 +127,106 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     eval_step = jax.jit(make_eval_step(model, use_ema=use_ema), in_shardings=(repl, sharded), out_shardings=repl)
     state: TrainState | None = None
 
-    for stage_index in range(meta["stage_index"], len(stages)):
-        name, stage = stages[stage_index]
-        # ---- Stage: parameter groups and optimizer ----------------------------------------------
-        groups = optim.param_groups(shapes["params"], stage, arch)
-        stage_steps = stage.epochs * steps_per_epoch
-        tx = optim.make_optimizer(config, stage, groups, steps=stage_steps, steps_per_epoch=steps_per_epoch)
-        if jax.process_index() == 0:
-            print(
-                f"stage {stage_index + 1}/{len(stages)} {name!r}: {stage.epochs} epochs x {steps_per_epoch} steps, "
-                f"BatchNorm {stage.bn}\n{groups.table}",
-                flush=True,
-            )
-        if state is None and found:
-            abstract = jax.eval_shape(lambda tx=tx: new_state(shapes, tx, seed=config.seed, ema=use_ema))
-            state = ckpts.restore_latest(checkpoint.abstract_with_sharding(abstract, repl))
-        elif state is None:
-            state = jax.device_put(new_state(initial_variables(config, model), tx, seed=config.seed, ema=use_ema), repl)
-        else:  # a new stage: fresh optimizer state for its groups
-            state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
-            meta.update(
-                stage_index=stage_index,
-                stage_start_step=step,
-                stage_finished=False,
-                stage_best_val_macro_f1=-1.0,
-                epochs_since_stage_best=0,
-            )
-            writer.write(step, "stage", {"stage": name, "stage_index": stage_index})
-        if meta["stage_finished"]:
-            continue  # resumed exactly at the end of this stage
-
-        # ---- Stage: compiled step -----------------------------------------------------------
-        train_step = jax.jit(
-            make_train_step(
-                model,
-                tx,
-                update_batch_stats=stage.bn == "train",
-                label_smoothing=config.label_smoothing,
-                class_weights=weights,
-                ema_decay=config.ema_decay,
-            ),
-            in_shardings=(repl, sharded),
-            out_shardings=(repl, repl),
-            donate_argnums=0,
-        )
-
-        # ---- Stage: epochs ------------------------------------------------------------------
-        first_epoch = (step - meta["stage_start_step"]) // steps_per_epoch
-        for epoch_in_stage in range(first_epoch, stage.epochs):
-            epoch_end = meta["stage_start_step"] + (epoch_in_stage + 1) * steps_per_epoch
-            epoch = epoch_end // steps_per_epoch
-            progress = logs.Progress(
-                steps_per_epoch,
-                f"{name} epoch {epoch_in_stage + 1}/{stage.epochs}",
-                batch_size=config.batch_size,
-                initial=steps_per_epoch - (epoch_end - step),
-            )
-            pending, last_good = [], step
-            while step < epoch_end:
-                state, step_metrics = train_step(state, next(train_iter))
-                step += 1
-                pending.append((step, step_metrics))
-                if step % config.log_every_steps == 0 or step == epoch_end:
-                    _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
-                if step % config.checkpoint.every_steps == 0 and step != epoch_end:
-                    _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
-                    ckpts.save("latest", step, state, meta)
-                    last_good = step
-            progress.close()
-
-            # ---- Evaluation, best checkpoint, early stopping --------------------------------
-            val = evaluate(eval_step, state, config, mesh, config.data.val_split)
-            writer.write(step, "val", val | {"epoch": epoch})
+    # The prefetch thread must stop before the interpreter does: a thread left inside tf.data at
+    # exit aborts the process ("FATAL: exception not rethrown") after a successful run.
+    try:
+        for stage_index in range(meta["stage_index"], len(stages)):
+            name, stage = stages[stage_index]
+            # ---- Stage: parameter groups and optimizer ----------------------------------------------
+            groups = optim.param_groups(shapes["params"], stage, arch)
+            stage_steps = stage.epochs * steps_per_epoch
+            tx = optim.make_optimizer(config, stage, groups, steps=stage_steps, steps_per_epoch=steps_per_epoch)
             if jax.process_index() == 0:
                 print(
-                    f"  epoch {epoch} (step {step}): val accuracy {val['accuracy']:.4f}, "
-                    f"macro-F1 {val['macro_f1']:.4f}",
+                    f"stage {stage_index + 1}/{len(stages)} {name!r}: {stage.epochs} epochs x {steps_per_epoch} steps, "
+                    f"BatchNorm {stage.bn}\n{groups.table}",
                     flush=True,
                 )
-            if val["macro_f1"] > meta["best_val_macro_f1"]:
-                meta.update(best_val_macro_f1=val["macro_f1"], best_step=step, best_val=val)
-                ckpts.save("best", step, state, meta)
-            if val["macro_f1"] > meta["stage_best_val_macro_f1"] + config.early_stopping.min_delta:
-                meta.update(stage_best_val_macro_f1=val["macro_f1"], epochs_since_stage_best=0)
-            else:
-                meta["epochs_since_stage_best"] += 1
-            patience = config.early_stopping.patience
-            stop_early = patience > 0 and meta["epochs_since_stage_best"] >= patience
-            meta["stage_finished"] = stop_early or epoch_in_stage + 1 == stage.epochs
-            ckpts.save("latest", step, state, meta)
-            if stop_early:
-                log.info("stage %r: no macro-F1 gain for %d epochs; ending the stage early", name, patience)
-                writer.write(step, "early_stop", {"stage": name})
-                break
+            if state is None and found:
+                abstract = jax.eval_shape(lambda tx=tx: new_state(shapes, tx, seed=config.seed, ema=use_ema))
+                state = ckpts.restore_latest(checkpoint.abstract_with_sharding(abstract, repl))
+            elif state is None:
+                state = jax.device_put(
+                    new_state(initial_variables(config, model), tx, seed=config.seed, ema=use_ema), repl
+                )
+            else:  # a new stage: fresh optimizer state for its groups
+                state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
+                meta.update(
+                    stage_index=stage_index,
+                    stage_start_step=step,
+                    stage_finished=False,
+                    stage_best_val_macro_f1=-1.0,
+                    epochs_since_stage_best=0,
+                )
+                writer.write(step, "stage", {"stage": name, "stage_index": stage_index})
+            if meta["stage_finished"]:
+                continue  # resumed exactly at the end of this stage
+
+            # ---- Stage: compiled step -----------------------------------------------------------
+            train_step = jax.jit(
+                make_train_step(
+                    model,
+                    tx,
+                    update_batch_stats=stage.bn == "train",
+                    label_smoothing=config.label_smoothing,
+                    class_weights=weights,
+                    ema_decay=config.ema_decay,
+                ),
+                in_shardings=(repl, sharded),
+                out_shardings=(repl, repl),
+                donate_argnums=0,
+            )
+
+            # ---- Stage: epochs ------------------------------------------------------------------
+            first_epoch = (step - meta["stage_start_step"]) // steps_per_epoch
+            for epoch_in_stage in range(first_epoch, stage.epochs):
+                epoch_end = meta["stage_start_step"] + (epoch_in_stage + 1) * steps_per_epoch
+                epoch = epoch_end // steps_per_epoch
+                progress = logs.Progress(
+                    steps_per_epoch,
+                    f"{name} epoch {epoch_in_stage + 1}/{stage.epochs}",
+                    batch_size=config.batch_size,
+                    initial=steps_per_epoch - (epoch_end - step),
+                )
+                pending, last_good = [], step
+                while step < epoch_end:
+                    state, step_metrics = train_step(state, next(train_iter))
+                    step += 1
+                    pending.append((step, step_metrics))
+                    if step % config.log_every_steps == 0 or step == epoch_end:
+                        _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
+                    if step % config.checkpoint.every_steps == 0 and step != epoch_end:
+                        _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
+                        ckpts.save("latest", step, state, meta)
+                        last_good = step
+                progress.close()
+
+                # ---- Evaluation, best checkpoint, early stopping --------------------------------
+                val = evaluate(eval_step, state, config, mesh, config.data.val_split)
+                writer.write(step, "val", val | {"epoch": epoch})
+                if jax.process_index() == 0:
+                    print(
+                        f"  epoch {epoch} (step {step}): val accuracy {val['accuracy']:.4f}, "
+                        f"macro-F1 {val['macro_f1']:.4f}",
+                        flush=True,
+                    )
+                if val["macro_f1"] > meta["best_val_macro_f1"]:
+                    meta.update(best_val_macro_f1=val["macro_f1"], best_step=step, best_val=val)
+                    ckpts.save("best", step, state, meta)
+                if val["macro_f1"] > meta["stage_best_val_macro_f1"] + config.early_stopping.min_delta:
+                    meta.update(stage_best_val_macro_f1=val["macro_f1"], epochs_since_stage_best=0)
+                else:
+                    meta["epochs_since_stage_best"] += 1
+                patience = config.early_stopping.patience
+                stop_early = patience > 0 and meta["epochs_since_stage_best"] >= patience
+                meta["stage_finished"] = stop_early or epoch_in_stage + 1 == stage.epochs
+                ckpts.save("latest", step, state, meta)
+                if stop_early:
+                    log.info("stage %r: no macro-F1 gain for %d epochs; ending the stage early", name, patience)
+                    writer.write(step, "early_stop", {"stage": name})
+                    break
+    finally:
+        train_iter.close()
 
     # ---- Done ---------------------------------------------------------------------------------
     ckpts.wait()
