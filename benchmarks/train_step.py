@@ -15,29 +15,25 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
-import time  # noqa: E402
+import sys  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flowers_jax import distributed, models, optim  # noqa: E402
-from flowers_jax.state import new_state  # noqa: E402
-from flowers_jax.steps import make_train_step  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
+from flowers_jax import distributed  # noqa: E402
 
 
 def _time(step, state, batch, n: int) -> float:
     """Median seconds per step after one compile+warm-up step."""
-    state, m = step(state, batch)
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        state, m = step(state, batch)
+    holder = [state]
+
+    def one():
+        holder[0], m = step(holder[0], batch)
         jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+
+    return common.median_seconds(one, min_reps=n, min_seconds=0.0)
 
 
 def main() -> None:
@@ -48,49 +44,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
     n = jax.device_count()
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (args.batch, args.size, args.size, 3)).astype(np.float32)
-    labels = rng.integers(0, 104, args.batch).astype(np.int32)
-    stage = ml_collections.ConfigDict(
-        dict(name="all", train="all", lr_scale="", lr=1e-3, warmup_epochs=0.0, end_lr_ratio=0.0, bn="train")
-    )
-    config = ml_collections.ConfigDict(
-        dict(
-            optimizer=dict(
-                name="adamw",
-                b1=0.9,
-                b2=0.999,
-                weight_decay=1e-5,
-                weight_decay_exclude=r"(bias|scale)$",
-                grad_clip_norm=1.0,
-            )
-        )
-    )
-    common = dict(update_batch_stats=True, label_smoothing=0.1, class_weights=jnp.ones(104), ema_decay=0.0)
-
-    def setup(model):
-        variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, args.size, args.size, 3)))
-        groups = optim.param_groups(variables["params"], stage, models.get_arch(args.model))
-        tx = optim.make_optimizer(config, stage, groups, steps=1000, steps_per_epoch=100)
-        return new_state(variables, tx, seed=0, ema=False), tx
+    images, labels = common.random_batch(args.batch, args.size)
 
     # Ours: jit over a 1-D mesh, batch sharded on "data", state replicated.
-    model = models.create(args.model, 104)
-    state, tx = setup(model)
+    step, state = common.train_step_and_state(args.model, size=args.size)
     mesh = distributed.make_mesh()
     repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
-    jit_step = jax.jit(
-        make_train_step(model, tx, **common), in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0
-    )
+    jit_step = jax.jit(step, in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0)
     batch = jax.device_put({"image": images, "label": labels}, sharded)
     t_jit = _time(jit_step, jax.device_put(state, repl), batch, args.steps)
 
     # Peer: jax.pmap over the same devices, per-device batch, replicated state stacked on axis 0.
-    model_p = models.create(args.model, 104, bn_axis_name="batch")
-    state_p, tx_p = setup(model_p)
-    pmap_step = jax.pmap(
-        make_train_step(model_p, tx_p, axis_name="batch", **common), axis_name="batch", donate_argnums=0
-    )
+    step_p, state_p = common.train_step_and_state(args.model, size=args.size, axis_name="batch")
+    pmap_step = jax.pmap(step_p, axis_name="batch", donate_argnums=0)
     stacked = jax.tree.map(lambda x: np.stack([np.asarray(x)] * n), state_p)
     per_device = {"image": images.reshape(n, -1, *images.shape[1:]), "label": labels.reshape(n, -1)}
     t_pmap = _time(pmap_step, stacked, per_device, args.steps)

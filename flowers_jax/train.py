@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -189,6 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     initial=steps_per_epoch - (epoch_end - step),
                 )
                 pending, last_good = [], step
+                epoch_start = time.perf_counter()  # wall time of the epoch's steps (the first compiles)
                 while step < epoch_end:
                     state, step_metrics = train_step(state, next(train_iter))
                     step += 1
@@ -199,15 +201,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
                         ckpts.save("latest", step, state, meta)
                         last_good = step
+                jax.block_until_ready(state.step)
                 progress.close()
+                train_seconds = time.perf_counter() - epoch_start
 
                 # ---- Evaluation, best checkpoint, early stopping --------------------------------
+                val_start = time.perf_counter()
                 val = evaluate(eval_step, state, config, mesh, config.data.val_split)
-                writer.write(step, "val", val | {"epoch": epoch})
+                timing = {"train_seconds": train_seconds, "val_seconds": time.perf_counter() - val_start}
+                writer.write(step, "val", val | {"epoch": epoch, "stage": name} | timing)
                 if jax.process_index() == 0:
                     print(
                         f"  epoch {epoch} (step {step}): val accuracy {val['accuracy']:.4f}, "
-                        f"macro-F1 {val['macro_f1']:.4f}",
+                        f"macro-F1 {val['macro_f1']:.4f} (train {timing['train_seconds']:.0f} s, "
+                        f"val {timing['val_seconds']:.0f} s)",
                         flush=True,
                     )
                 if val["macro_f1"] > meta["best_val_macro_f1"]:

@@ -135,6 +135,23 @@ def test_training_stream_is_deterministic_for_a_seed(data_dir):
     assert [list(x["id"]) for x in a] != [list(x["id"]) for x in other]
 
 
+def test_stream_ignores_a_global_tf_seed_and_reshuffles_each_epoch(data_dir):
+    # keras.utils.set_random_seed(0) in the same process (a notebook habit) once broke the shuffle.
+    c = config(data_dir)
+    c.data.augment.random_resized_crop = False
+    plain = batches(pipeline.train_dataset(c, local_batch=8), 10)
+    tf.random.set_seed(0)
+    try:
+        seeded = batches(pipeline.train_dataset(c, local_batch=8), 10)
+    finally:
+        tf.random.set_seed(None)
+    assert_same_batches(plain, seeded)
+    ids = [i for x in plain for i in x["id"]]
+    epoch = len(set(ids[: len(ids) // 2]))
+    assert sorted(ids[:epoch]) == sorted(ids[epoch : 2 * epoch])  # each epoch is every example once
+    assert ids[:epoch] != ids[epoch : 2 * epoch]  # in another order
+
+
 @pytest.mark.parametrize("host", [Host(0, 1), Host(1, 2)])
 def test_resuming_at_a_step_yields_exactly_the_uninterrupted_batches(data_dir, host):
     c = config(data_dir)

@@ -74,15 +74,18 @@ def test_bad_names_and_overrides_are_clear_errors():
         models.create("efficientnet_b0", 10, dropuot_rate=0.1)
 
 
-@pytest.mark.parametrize("kernel, stride, size", [(3, 1, 9), (3, 2, 9), (5, 2, 10), (5, 1, 8), (3, 2, 8)])
+@pytest.mark.parametrize(
+    "kernel, stride, size",
+    [(3, 1, (9, 9)), (3, 2, (9, 9)), (5, 2, (10, 10)), (5, 1, (8, 8)), (3, 2, (8, 8)), (5, 2, (7, 11)), (3, 1, (1, 2))],
+)
 def test_depthwise_shift_equals_conv(kernel, stride, size):
-    x = jax.random.normal(jax.random.key(0), (2, size, size, 6))
+    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
     conv = DepthwiseConv2D(kernel, stride, impl="conv")
     shift = DepthwiseConv2D(kernel, stride, impl="shift")
     params = conv.init(jax.random.key(1), x)
     np.testing.assert_allclose(shift.apply(params, x), conv.apply(params, x), rtol=1e-5, atol=1e-5)
 
-    # Gradients agree too (training on the CPU uses the shift path).
+    # Gradients agree too (training on the CPU uses the shift path, whose gradient is hand-written).
     def loss(m):
         return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
 

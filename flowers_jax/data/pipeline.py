@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import logging
 import math
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -148,6 +149,26 @@ def _epochs(make_epoch, *, size: int, start: int) -> tf.data.Dataset:
     return tf.data.Dataset.range(first_epoch, _FOREVER).flat_map(make_epoch).skip(offset)
 
 
+def _block_shuffle(ds: tf.data.Dataset, block: int, seed: int, epoch: tf.Tensor) -> tf.data.Dataset:
+    """`ds` (scalar elements or dicts of them) shuffled within consecutive blocks of `block` elements.
+
+    Written by hand rather than `Dataset.shuffle(seed=seed + epoch)`: a tensor seed there goes
+    through `tf.random.get_seed`, which raises "Using a symbolic tf.Tensor as a Python bool"
+    whenever the process has set TF's global seed to 0 (`keras.utils.set_random_seed(0)`, as
+    notebooks do). Stateless permutations of each block depend on (seed, epoch, block) only, so
+    an epoch's order is the same in every run, which exact resume needs.
+    """
+
+    def permute(i: tf.Tensor, window: Any) -> tf.data.Dataset:
+        n = tf.shape(tf.nest.flatten(window)[0])[0]
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), epoch * (1 << 20) + i])
+        )
+        return tf.data.Dataset.from_tensor_slices(tf.nest.map_structure(lambda t: tf.gather(t, order), window))
+
+    return ds.batch(block).enumerate().flat_map(permute)
+
+
 def _competition_stream(share: HostShare, config: ml_collections.ConfigDict, *, start: int) -> tf.data.Dataset:
     seed = derive_seed(config.seed, "tfrecords", share.host.index)
     n_files = len(share.files)
@@ -156,7 +177,7 @@ def _competition_stream(share: HostShare, config: ml_collections.ConfigDict, *, 
         file_seed = tf.stack([tf.constant(seed, tf.int64), e])
         order = tf.random.experimental.stateless_shuffle(tf.range(n_files), seed=file_seed)
         raw = _read_share(share, order, cycle_length=config.data.file_cycle_length)
-        return raw.shuffle(config.data.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
+        return _block_shuffle(raw, config.data.shuffle_buffer, seed, e)
 
     raw = _epochs(epoch, size=share.num_examples, start=start)
     return raw.map(lambda r: {**parse_example(r), "source": tf.constant(0)}, num_parallel_calls=AUTOTUNE)
@@ -175,7 +196,7 @@ def _extra_stream(
     base = src.mapped_dataset(host.index, host.count, source_id)
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
-        return base.shuffle(config.data.shuffle_buffer, seed=seed + e, reshuffle_each_iteration=False)
+        return _block_shuffle(base, config.data.shuffle_buffer, seed, e)
 
     return _epochs(epoch, size=size, start=start)
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl
+from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl, PointwiseConv
 
 # Keras's EfficientNet initialisers (fan-out variance scaling), used for fresh layers.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
@@ -102,7 +102,7 @@ def _block(
     names: LayerNames,
     *,
     act: Any,
-    conv: Any,
+    pointwise: Any,
     norm: Any,
     dtype: Any,
     depthwise_impl: DepthwiseImpl,
@@ -117,7 +117,7 @@ def _block(
     p = spec.prefix
     inputs = x
     if spec.expand_ch != spec.in_ch:
-        x = conv(spec.expand_ch, (1, 1), name=p + names.expand_conv)(x)
+        x = pointwise(spec.expand_ch, name=p + names.expand_conv)(x)
         x = act(norm(name=p + names.expand_bn)(x))
     x = DepthwiseConv2D(
         spec.kernel, spec.stride, impl=depthwise_impl, dtype=dtype, kernel_init=CONV_INIT, name=p + names.dwconv
@@ -125,11 +125,11 @@ def _block(
     x = act(norm(name=p + names.dwconv_bn)(x))
     if spec.se_ch:
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
-        se = act(nn.Conv(spec.se_ch, (1, 1), dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_reduce)(se))
-        se = nn.Conv(spec.expand_ch, (1, 1), dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_expand)(se)
+        se = act(PointwiseConv(spec.se_ch, dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_reduce)(se))
+        se = PointwiseConv(spec.expand_ch, dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_expand)(se)
         se = nn.sigmoid(se)
         x = x * se
-    x = conv(spec.out_ch, (1, 1), name=p + names.project_conv)(x)
+    x = pointwise(spec.out_ch, name=p + names.project_conv)(x)
     x = norm(name=p + names.project_bn)(x)
     if spec.residual:
         if spec.drop_rate > 0:
@@ -164,7 +164,7 @@ class MBConvNet(nn.Module):
         a, n = self.arch, self.arch.names
         batch_stats = train if update_batch_stats is None else update_batch_stats
         act = ACTIVATIONS[a.activation]
-        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype, kernel_init=CONV_INIT)
+        pointwise = functools.partial(PointwiseConv, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not batch_stats,
@@ -173,7 +173,16 @@ class MBConvNet(nn.Module):
             dtype=self.dtype,
             axis_name=self.bn_axis_name,
         )
-        x = conv(a.stem_ch, (3, 3), strides=(2, 2), name=n.stem_conv)(x)
+        x = nn.Conv(
+            a.stem_ch,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            dtype=self.dtype,
+            kernel_init=CONV_INIT,
+            name=n.stem_conv,
+        )(x)
         x = act(norm(name=n.stem_bn)(x))
         for spec in a.blocks:
             x = _block(
@@ -181,11 +190,11 @@ class MBConvNet(nn.Module):
                 spec,
                 n,
                 act=act,
-                conv=conv,
+                pointwise=pointwise,
                 norm=norm,
                 dtype=self.dtype,
                 depthwise_impl=self.depthwise_impl,
                 train=train,
             )
-        x = conv(a.top_ch, (1, 1), name=n.top_conv)(x)
+        x = pointwise(a.top_ch, name=n.top_conv)(x)
         return act(norm(name=n.top_bn)(x))

@@ -1,0 +1,117 @@
+"""Training images/s of our step against Keras `model.fit` on the same model and batch, this machine.
+
+For each model: our jitted train step (flowers_jax.steps, AdamW, label smoothing, BatchNorm in
+training mode) against `model.fit` of the Keras twin (flowers_jax.export.twin: the same
+architecture table, built in Keras 3 on the TensorFlow backend) with AdamW, label smoothing and
+the same batch of random images at 224. Keras runs in a subprocess (one backend per process).
+
+Modes: "full" trains every parameter (BatchNorm updating), the costliest stage of a fine-tune;
+"head" trains only the classifier on a frozen backbone (BatchNorm frozen: Keras's
+`base.trainable = False`), the first stage of both recipes.
+
+  python benchmarks/train_throughput.py [--models efficientnet_b0,efficientnet_lite0,mobilenet_v2]
+      [--modes full,head] [--batch 32] [--size 224] [--seconds 30]
+
+Differences that remain: our EfficientNets run dropout and stochastic depth in training (the
+twin has neither: it is built for inference), which costs us a little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+MODELS = "efficientnet_b0,efficientnet_lite0,mobilenet_v2"
+
+
+def keras_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds: float) -> float:
+    """Images/s of `model.fit` on the twin: median over epochs of 4 batches, after one warm-up epoch."""
+    import keras
+    import numpy as np
+
+    from benchmarks import common
+    from flowers_jax.export import twin
+
+    full = twin.build_twin(
+        model_name, num_classes=common.NUM_CLASSES, image_size=size, mean=[127.5] * 3, std=[64.0] * 3
+    )
+    model = keras.Model(full.input, full.output["logits"])
+    if mode == "head":
+        for layer in model.layers:
+            layer.trainable = layer.name == "predictions"
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-5, global_clipnorm=1.0),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1),
+    )
+    images, labels = common.random_batch(4 * batch, size)
+    targets = np.eye(common.NUM_CLASSES, dtype=np.float32)[labels]
+    seconds_per_epoch = common.median_seconds(
+        lambda: model.fit(images, targets, batch_size=batch, epochs=1, verbose=0, shuffle=False),
+        min_seconds=seconds,
+    )
+    return 4 * batch / seconds_per_epoch
+
+
+def flax_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds: float) -> float:
+    import jax
+
+    from benchmarks import common
+
+    train, bn = ("all", "train") if mode == "full" else ("head", "frozen")
+    step, state = common.train_step_and_state(model_name, size=size, train=train, bn=bn)
+    step = jax.jit(step, donate_argnums=0)
+    images, labels = common.random_batch(batch, size)
+    batch_arrays = {"image": jax.device_put(images), "label": jax.device_put(labels)}
+    holder = [state]
+
+    def one():
+        holder[0], m = step(holder[0], batch_arrays)
+        jax.block_until_ready(m)
+
+    return batch / common.median_seconds(one, min_seconds=seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=MODELS)
+    parser.add_argument("--modes", default="full,head")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--seconds", type=float, default=30.0, help="minimum time per measurement")
+    parser.add_argument("--_keras", help=argparse.SUPPRESS)  # internal: "model:mode", one Keras measurement
+    args = parser.parse_args()
+    if args._keras:
+        name, mode = args._keras.split(":")
+        print(json.dumps(keras_images_per_s(name, mode, args.batch, args.size, args.seconds)))
+        return
+
+    import jax
+
+    print(
+        f"training images/s, batch {args.batch} at {args.size}x{args.size}, {jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
+    )
+    print(f"{'model':<20}{'mode':<6}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
+    for name in args.models.split(","):
+        for mode in args.modes.split(","):
+            out = subprocess.run(
+                [sys.executable, __file__, "--_keras", f"{name}:{mode}", f"--batch={args.batch}"]
+                + [f"--size={args.size}", f"--seconds={args.seconds}"],
+                env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"},
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode:
+                raise SystemExit(f"Keras measurement of {name} ({mode}) failed:\n{out.stderr[-3000:]}")
+            theirs = json.loads(out.stdout.strip().splitlines()[-1])
+            ours = flax_images_per_s(name, mode, args.batch, args.size, args.seconds)
+            print(f"{name:<20}{mode:<6}{ours:>10.2f}{theirs:>12.2f}{ours / theirs:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

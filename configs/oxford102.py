@@ -1,0 +1,35 @@
+"""EfficientNet-Lite0 fine-tuned on Oxford-102 (1,020 train / 1,020 val photos): the README's Results run.
+
+Command (benchmarks/oxford102.py converts the photos, runs this and the Keras recipe beside it):
+  python -m flowers_jax.data.convert oxford102 --input ../shared/data/oxford102 \
+      --output /tmp/oxford102_tfrec --sizes 224
+  python -m flowers_jax.main --config configs/oxford102.py --workdir workdirs/oxford102 \
+      --config.data.data_dir=/tmp/oxford102_tfrec
+Expected: see the README's "Results" table (test top-1, top-5, macro-F1 on the 2,040 test photos).
+
+Ten photos per class is little, so the recipe leans on the ImageNet features: a long head stage on
+the frozen backbone (cheap: no backward pass through it), then the last blocks with BatchNorm
+still frozen (ten photos per class make poor batch statistics), at a lower learning rate.
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "efficientnet_lite0"
+    c.pretrained = "torch:efficientnet_lite0"
+    c.num_classes = 104  # the converter maps Oxford's 102 classes into the competition's 104
+    c.batch_size = 32
+    c.eval_batch_size = 64
+    c.data.cache_eval = True  # val is read every epoch: keep its 1,020 decoded photos in memory
+    c.stage_order = "head,top"
+    c.stages.head.epochs = 8
+    c.stages.head.lr = 3e-3
+    c.stages.head.warmup_epochs = 1.0
+    c.stages.top.epochs = 12
+    c.stages.top.train = "head,last_blocks:8"  # blocks 5a-7a: the 14x14 and 7x7 stages
+    c.stages.top.lr = 5e-4
+    c.early_stopping.patience = 5
+    c.checkpoint.every_steps = 100
+    return c

@@ -1,0 +1,39 @@
+"""The benchmarks' own pieces: our real train step as they time it, and the Keras recipe's model."""
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common, keras_recipe  # noqa: E402
+
+
+def test_benchmark_step_is_the_training_step_and_freezes_what_the_stage_says():
+    images, labels = common.random_batch(4, 32)
+    batch = {"image": images, "label": labels}
+    for train, bn in (("all", "train"), ("head", "frozen")):
+        step, state = common.train_step_and_state("mobilenet_v2_035", size=32, train=train, bn=bn)
+        new, metrics = jax.jit(step)(state, batch)
+        assert np.isfinite(float(metrics["loss"]))
+        before, after = state.params["backbone"], new.params["backbone"]
+        same = jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), before, after))
+        assert (not any(same)) if train == "all" else all(same)
+        stats_same = jax.tree.leaves(jax.tree.map(np.array_equal, state.batch_stats, new.batch_stats))
+        assert all(stats_same) == (bn == "frozen")
+
+
+def test_keras_recipe_head_then_last_20_layers_without_batchnorm():
+    import keras
+
+    model, base = keras_recipe.build("efficientnet_lite0", 104, image_size=64, seed=0)
+    assert [w.path for w in model.trainable_weights] == ["dense/kernel", "dense/bias"]  # phase 1: head only
+    keras_recipe.unfreeze_last(base, 20)
+    last = base.layers[-20:]
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in last)
+    assert not any(layer.trainable for layer in base.layers[:-20])
+    trainable = {w.path.split("/")[0] for w in base.trainable_weights}
+    assert trainable and all(base.get_layer(n) in last for n in trainable)
+    assert not any("bn" in n for n in trainable)
