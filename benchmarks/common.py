@@ -89,3 +89,18 @@ def train_step_and_state(
         axis_name=axis_name,
     )
     return step, new_state(variables, tx, seed=0, ema=False)
+
+
+def step_runner(model_name: str, *, batch: int, size: int, train: str = "all", bn: str = "train") -> Callable[[], None]:
+    """A callable running one jitted training step on a fixed random batch and waiting for it."""
+    step, state = train_step_and_state(model_name, size=size, train=train, bn=bn)
+    step = jax.jit(step, donate_argnums=0)
+    images, labels = random_batch(batch, size)
+    arrays = {"image": jax.device_put(images), "label": jax.device_put(labels)}
+    holder = [state]
+
+    def one() -> None:
+        holder[0], metrics = step(holder[0], arrays)
+        jax.block_until_ready(metrics)
+
+    return one

@@ -16,26 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import common  # noqa: E402
 
 KERAS_TWIN = {"efficientnet_b0": "EfficientNetB0", "mobilenet_v2": "MobileNetV2", "efficientnet_lite0": None}
-
-
-def images(batch: int, size: int) -> np.ndarray:
-    return np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-
-
-def time_it(fn, *, min_reps: int = 3, min_seconds: float = 10.0) -> float:
-    """Median seconds per call after one warm-up call, over >= min_reps calls and >= min_seconds."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_reps or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
 
 
 def flax_images_per_s(name: str, batch: int, size: int) -> float:
@@ -44,18 +29,18 @@ def flax_images_per_s(name: str, batch: int, size: int) -> float:
     from flowers_jax import models
 
     model = models.create(name, 1000)
-    x = jax.device_put(images(batch, size))
+    x = jax.device_put(common.random_batch(batch, size)[0])
     variables = jax.jit(model.init)(jax.random.key(0), x[:1])
     forward = jax.jit(model.apply)
-    return batch / time_it(lambda: forward(variables, x).block_until_ready())
+    return batch / common.median_seconds(lambda: forward(variables, x).block_until_ready())
 
 
 def keras_images_per_s(keras_name: str, batch: int, size: int) -> float:
     import keras
 
     model = getattr(keras.applications, keras_name)(weights=None, input_shape=(size, size, 3))
-    x = images(batch, size)
-    return batch / time_it(lambda: model.predict(x, batch_size=batch, verbose=0))
+    x = common.random_batch(batch, size)[0]
+    return batch / common.median_seconds(lambda: model.predict(x, batch_size=batch, verbose=0))
 
 
 def main() -> None:

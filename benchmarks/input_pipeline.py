@@ -62,16 +62,7 @@ def pipeline_rates(config, seconds: float) -> tuple[float, float]:
 
 def step_rate(model_name: str, batch: int, size: int, seconds: float) -> float:
     """Images/s of our training step (flowers_jax.steps: every parameter trains, BatchNorm updating)."""
-    step, state = common.train_step_and_state(model_name, size=size)
-    step = jax.jit(step, donate_argnums=0)
-    images, labels = common.random_batch(batch, size)
-    arrays = {"image": jax.device_put(images), "label": jax.device_put(labels)}
-    holder = [state]
-
-    def one():
-        holder[0], m = step(holder[0], arrays)
-        jax.block_until_ready(m)
-
+    one = common.step_runner(model_name, batch=batch, size=size)
     return rate(one, batch, warmup=2, min_seconds=seconds, min_batches=3)
 
 

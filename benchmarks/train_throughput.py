@@ -58,21 +58,10 @@ def keras_images_per_s(model_name: str, mode: str, batch: int, size: int, second
 
 
 def flax_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds: float) -> float:
-    import jax
-
     from benchmarks import common
 
     train, bn = ("all", "train") if mode == "full" else ("head", "frozen")
-    step, state = common.train_step_and_state(model_name, size=size, train=train, bn=bn)
-    step = jax.jit(step, donate_argnums=0)
-    images, labels = common.random_batch(batch, size)
-    batch_arrays = {"image": jax.device_put(images), "label": jax.device_put(labels)}
-    holder = [state]
-
-    def one():
-        holder[0], m = step(holder[0], batch_arrays)
-        jax.block_until_ready(m)
-
+    one = common.step_runner(model_name, batch=batch, size=size, train=train, bn=bn)
     return batch / common.median_seconds(one, min_seconds=seconds)
 
 
