@@ -30,7 +30,14 @@ def _root(workdir: str) -> epath.Path:
 
 def _manager(directory: epath.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
+        max_to_keep=max_to_keep,
+        create=True,
+        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=True,
+        # Orbax names its cross-process barriers after the step directory ("async_write_complete.8"):
+        # "latest" and "best" saving the same step at once would join one barrier twice and fail
+        # multi-host runs ("Barrier ... is already ongoing"). A per-series prefix keeps them apart.
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
     )
     return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
 

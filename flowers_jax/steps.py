@@ -74,7 +74,14 @@ def make_train_step(
         accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
         if axis_name is not None:
             accuracy = jax.lax.pmean(accuracy, axis_name)
-        return new_state, {"loss": loss, "accuracy": accuracy, "update_norm": optax.tree.norm(deltas)}
+        # The parameter norm is what makes a save safe: a finite loss was computed *before* this
+        # update, which can still overflow the parameters (the loop checks every value is finite).
+        return new_state, {
+            "loss": loss,
+            "accuracy": accuracy,
+            "update_norm": optax.tree.norm(deltas),
+            "param_norm": optax.tree.norm(params),
+        }
 
     return step
 

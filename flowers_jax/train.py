@@ -67,15 +67,18 @@ def check_compatible(meta: dict, config: ml_collections.ConfigDict, where: str) 
 
 
 def _flush(pending: list, writer: logs.MetricWriter, progress: logs.Progress, step_in_epoch: int, last_good: int):
-    """Fetches the metrics of the steps since the last flush; stops on a non-finite loss."""
+    """Fetches the metrics of the steps since the last flush; stops on any non-finite value
+    (loss, update or parameter norm), so that no diverged state is ever saved."""
     if not pending:
         return
     steps, values = zip(*pending, strict=True)
     values = jax.device_get(list(values))
     for s, v in zip(steps, values, strict=True):
-        if not np.isfinite(v["loss"]):
+        bad = {k: float(x) for k, x in v.items() if not np.isfinite(x)}
+        if bad:
+            kept = f"The last good checkpoint (step {last_good}) is kept. " if last_good else "No checkpoint yet. "
             raise TrainingDivergedError(
-                f"loss is {v['loss']} at step {s}; stopping. The last good checkpoint (step {last_good}) is kept. "
+                f"non-finite {bad} at step {s}; stopping. {kept}"
                 "Lower the learning rate, enable config.optimizer.grad_clip_norm, or check the input data."
             )
     mean = {k: float(np.mean([v[k] for v in values])) for k in values[0]}

@@ -39,6 +39,12 @@ def _check_report(report, keras_model) -> None:
     ],
 )
 def test_random_weights_parity(keras_name, kwargs, size, name, depthwise_impl):
+    # Keras draws the conv weights from its global seed, which other tests move (the benchmark
+    # recipe seeds and builds models). Some draws make a deep net far more sensitive to rounding:
+    # one such B3 draw put Keras's own float32 logits 1.5e-5 from a float64 evaluation, and ours
+    # 1.1e-5 from Keras's. A fixed seed keeps the check about the port, not about the draw
+    # (B3, seeds 0-3: 1.2e-6 to 3.2e-6).
+    keras.utils.set_random_seed(0)
     keras_model = getattr(keras.applications, keras_name)(weights=None, classifier_activation=None, **kwargs)
     randomise_batchnorms(keras_model)
     images = random_images(2, size)
@@ -59,6 +65,7 @@ def test_imagenet_path_with_extra_rescaling(tmp_path, monkeypatch):
     """weights='imagenet' builds a different graph: Keras adds Rescaling(1/sqrt(std)) after Normalization."""
     from keras.src.applications import efficientnet as keras_effnet
 
+    keras.utils.set_random_seed(1)
     donor = keras.applications.EfficientNetB0(weights=None, classifier_activation=None)
     randomise_batchnorms(donor, seed=1)
     norm = next(layer for layer in donor.layers if isinstance(layer, keras.layers.Normalization))
