@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import linen as nn
 
 from flowers_jax import models
-from flowers_jax.models.layers import DepthwiseConv2D
+from flowers_jax.models.layers import DepthwiseConv2D, StemConv
 
 
 def _shapes(name: str, num_classes: int = 10):
@@ -92,3 +93,21 @@ def test_depthwise_shift_equals_conv(kernel, stride, size):
     g_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
     g_shift = jax.grad(loss(shift), argnums=(0, 1))(params, x)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_shift, g_conv)
+
+
+@pytest.mark.parametrize("stride, size", [(2, (9, 9)), (2, (8, 8)), (1, (7, 5)), (2, (7, 11))])
+def test_stem_patches_equal_conv_and_flax_conv(stride, size):
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    flax_conv = nn.Conv(8, (3, 3), strides=stride, padding="SAME", use_bias=False)
+    params = flax_conv.init(jax.random.key(1), x)
+    reference = flax_conv.apply(params, x)
+    for impl in ("shift", "conv"):  # the same parameter tree as nn.Conv, the same values
+        stem = StemConv(8, 3, stride, impl=impl)
+        assert jax.tree.structure(stem.init(jax.random.key(1), x)) == jax.tree.structure(params)
+        np.testing.assert_allclose(stem.apply(params, x), reference, rtol=1e-5, atol=1e-5)
+
+    def loss(m):
+        return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
+
+    grads = [jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (flax_conv, StemConv(8, 3, stride, impl="shift"))]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)

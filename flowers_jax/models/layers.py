@@ -135,8 +135,54 @@ class PointwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        y = jax.lax.dot_general(x, kernel[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+        # A 2-D product of [N*H*W, in] rows: its gradient for the kernel is then one dot contracting
+        # the rows in place. Contracting N, H and W of a 4-D array instead makes XLA:CPU copy the
+        # output gradient into [out, N*H*W] first (measured: 1.8x slower, the whole step 15%).
+        y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0]).reshape(*x.shape[:-1], self.features)
         return y if bias is None else y + bias
+
+
+class StemConv(nn.Module):
+    """k x k convolution, "SAME" padding, no bias, for a layer with few input channels (the stem).
+
+    Same parameter as `nn.Conv(features, (k, k), use_bias=False)` (kernel [k, k, in, out]).
+    With impl "shift" (XLA:CPU) it is computed as patches and one dot: the k*k strided
+    windows are stacked on the channel axis ([N, H', W', k*k*in], `_taps`' row-major
+    order matches the kernel's) and multiplied by the kernel as a [k*k*in, out] matrix.
+    Written by hand because XLA:CPU runs a 3-channel convolution through a generic path
+    (~120 ms for EfficientNet's stem at batch 32 x 224 px, about 10x the dot); "conv"
+    keeps `lax.conv_general_dilated` (right for TPU/GPU).
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    impl: DepthwiseImpl = "auto"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[N, H, W, in] -> [N, H/strides, W/strides, features]."""
+        k, s = self.kernel_size, self.strides
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        if _resolve(self.impl) == "conv":
+            return jax.lax.conv_general_dilated(x, kernel, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        _, h, w, _ = x.shape
+        patches = jnp.concatenate(_taps(_pad_same(x, k, s), k, -(-h // s), -(-w // s), s), axis=-1)
+        y = jnp.dot(patches.reshape(-1, patches.shape[-1]), kernel.reshape(-1, self.features))  # 2-D: see PointwiseConv
+        return y.reshape(*patches.shape[:-1], self.features)
+
+
+def _resolve(impl: DepthwiseImpl) -> str:
+    """ "auto" -> "shift" on XLA:CPU, "conv" elsewhere."""
+    if impl == "auto":
+        return "shift" if jax.default_backend() == "cpu" else "conv"
+    if impl not in ("conv", "shift"):
+        raise ValueError(f"conv impl must be 'auto', 'conv' or 'shift', got {impl!r}")
+    return impl
 
 
 class DepthwiseConv2D(nn.Module):
@@ -164,13 +210,8 @@ class DepthwiseConv2D(nn.Module):
             "kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        impl = self.impl
-        if impl == "auto":
-            impl = "shift" if jax.default_backend() == "cpu" else "conv"
-        if impl == "shift":
+        if _resolve(self.impl) == "shift":
             return _depthwise_shift(x, kernel, self.strides)
-        if impl != "conv":
-            raise ValueError(f"depthwise impl must be 'auto', 'conv' or 'shift', got {self.impl!r}")
         return jax.lax.conv_general_dilated(
             x,
             kernel,

@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl, PointwiseConv
+from flowers_jax.models.batchnorm import BatchNorm
+from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl, PointwiseConv, StemConv
 
 # Keras's EfficientNet initialisers (fan-out variance scaling), used for fresh layers.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
@@ -166,22 +167,15 @@ class MBConvNet(nn.Module):
         act = ACTIVATIONS[a.activation]
         pointwise = functools.partial(PointwiseConv, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
             use_running_average=not batch_stats,
             momentum=a.bn_momentum if self.bn_momentum is None else self.bn_momentum,
             epsilon=a.bn_epsilon,
             dtype=self.dtype,
             axis_name=self.bn_axis_name,
         )
-        x = nn.Conv(
-            a.stem_ch,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=CONV_INIT,
-            name=n.stem_conv,
+        x = StemConv(
+            a.stem_ch, 3, 2, impl=self.depthwise_impl, dtype=self.dtype, kernel_init=CONV_INIT, name=n.stem_conv
         )(x)
         x = act(norm(name=n.stem_bn)(x))
         for spec in a.blocks:
