@@ -50,10 +50,10 @@ def batch_normalize(
     Returns:
       (y [..., C] float32, mean [C], biased variance [C]).
     """
-    return _forward(x, scale, bias, epsilon, axis_name)[0]
+    return _batch_normalize_fwd(x, scale, bias, epsilon, axis_name)[0]
 
 
-def _forward(x, scale, bias, epsilon, axis_name):
+def _batch_normalize_fwd(x, scale, bias, epsilon, axis_name):
     xf = x.astype(jnp.float32)
     n = _count(x, axis_name)
     s1, s2 = _sum_over_batch((xf, jnp.square(xf)), axis_name)
@@ -62,10 +62,6 @@ def _forward(x, scale, bias, epsilon, axis_name):
     rstd = jax.lax.rsqrt(var + epsilon)
     y = (xf - mean) * (rstd * scale) + bias
     return (y, mean, var), (x, mean, rstd, scale)
-
-
-def _batch_normalize_fwd(x, scale, bias, epsilon, axis_name):
-    return _forward(x, scale, bias, epsilon, axis_name)
 
 
 def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
@@ -84,9 +80,8 @@ def _batch_normalize_bwd(epsilon, axis_name, residuals, cotangents):
     n = _count(x, axis_name)
     xhat = (xf - mean) * rstd
     dbias, dscale = _sum_over_batch((g, g * xhat), None)
-    total_dbias, total_dscale = (dbias, dscale) if axis_name is None else jax.lax.psum((dbias, dscale), axis_name)
-    if axis_name is not None:
-        g_mean, g_var = jax.lax.psum((g_mean, g_var), axis_name)
+    totals = (dbias, dscale, g_mean, g_var)
+    total_dbias, total_dscale, g_mean, g_var = totals if axis_name is None else jax.lax.psum(totals, axis_name)
     dx = (scale * rstd / n) * (n * g - total_dbias - xhat * total_dscale)
     dx = dx + (g_mean + 2.0 * g_var * (xf - mean)) / n
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)

@@ -177,7 +177,7 @@ class StemConv(nn.Module):
 
 
 def _resolve(impl: DepthwiseImpl) -> str:
-    """ "auto" -> "shift" on XLA:CPU, "conv" elsewhere."""
+    """The implementation an `impl` setting means here: "auto" is "shift" on XLA:CPU, else "conv"."""
     if impl == "auto":
         return "shift" if jax.default_backend() == "cpu" else "conv"
     if impl not in ("conv", "shift"):

@@ -146,7 +146,7 @@ class MBConvNet(nn.Module):
     Attributes:
       arch: the architecture table.
       dtype: compute dtype (e.g. bfloat16); parameters stay float32.
-      depthwise_impl: see `DepthwiseConv2D`.
+      depthwise_impl: see `DepthwiseConv2D`; it also picks the stem's (`StemConv`).
       bn_momentum: overrides the table's BatchNorm momentum when set.
       bn_axis_name: mapped axis to average BatchNorm statistics over under
         pmap/shard_map; not needed under jit over a mesh, where they are global.
