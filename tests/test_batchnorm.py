@@ -61,6 +61,36 @@ def test_values_statistics_and_gradients_match_flax(frozen):
         assert not np.allclose(ours[1]["mean"], variables["batch_stats"]["mean"])
 
 
+class _FlaxThenActivation(nn.Module):
+    """The unfused reference: `activation(nn.BatchNorm(x))`, differentiated by autodiff."""
+
+    activation: object
+    kwargs: dict
+
+    @nn.compact
+    def __call__(self, x):
+        return self.activation(nn.BatchNorm(name="bn", **self.kwargs)(x))
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("activation", [nn.relu6, nn.swish], ids=["relu6", "swish"])
+def test_a_fused_activation_matches_activation_after_flax(activation, frozen):
+    variables, (x, w) = _variables(), _inputs()
+    # scale x3: normalised values beyond about +-1.3 cross relu6's edges, so both of its flat
+    # (zero-gradient) regions are exercised, not only its identity part.
+    variables["params"]["scale"] = 3.0 * variables["params"]["scale"]
+    kwargs = {"use_running_average": frozen, "momentum": 0.9, "epsilon": 1e-3}
+    module = BatchNorm(activation=activation, **kwargs)
+    ours = _loss_and_grads(module, variables, x, w)
+    ref = _loss_and_grads(_FlaxThenActivation(activation, kwargs), {k: {"bn": v} for k, v in variables.items()}, x, w)
+    ref = (ref[0], ref[1]["bn"], (ref[2][0]["bn"], ref[2][1]))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), ours, ref)
+    if activation is nn.relu6:
+        y, _ = module.apply(variables, x, mutable=["batch_stats"])
+        regions = (y == 0.0, (y > 0.0) & (y < 6.0), y == 6.0)
+        assert all(np.sum(r) >= 5 for r in regions), [int(np.sum(r)) for r in regions]
+
+
 def test_statistics_span_a_mapped_axis_like_flax():
     """Under a mapped axis (pmap's path) the statistics, and so dx, span every shard."""
     variables, (x, w) = _variables(), _inputs()

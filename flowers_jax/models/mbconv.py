@@ -119,11 +119,11 @@ def _block(
     inputs = x
     if spec.expand_ch != spec.in_ch:
         x = pointwise(spec.expand_ch, name=p + names.expand_conv)(x)
-        x = act(norm(name=p + names.expand_bn)(x))
+        x = norm(name=p + names.expand_bn, activation=act)(x)
     x = DepthwiseConv2D(
         spec.kernel, spec.stride, impl=depthwise_impl, dtype=dtype, kernel_init=CONV_INIT, name=p + names.dwconv
     )(x)
-    x = act(norm(name=p + names.dwconv_bn)(x))
+    x = norm(name=p + names.dwconv_bn, activation=act)(x)
     if spec.se_ch:
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
         se = act(PointwiseConv(spec.se_ch, dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_reduce)(se))
@@ -177,7 +177,7 @@ class MBConvNet(nn.Module):
         x = StemConv(
             a.stem_ch, 3, 2, impl=self.depthwise_impl, dtype=self.dtype, kernel_init=CONV_INIT, name=n.stem_conv
         )(x)
-        x = act(norm(name=n.stem_bn)(x))
+        x = norm(name=n.stem_bn, activation=act)(x)
         for spec in a.blocks:
             x = _block(
                 x,
@@ -191,4 +191,4 @@ class MBConvNet(nn.Module):
                 train=train,
             )
         x = pointwise(a.top_ch, name=n.top_conv)(x)
-        return act(norm(name=n.top_bn)(x))
+        return norm(name=n.top_bn, activation=act)(x)
