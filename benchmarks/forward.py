@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
+from flowers_jax import hugepages  # noqa: E402
 
 KERAS_TWIN = {"efficientnet_b0": "EfficientNetB0", "mobilenet_v2": "MobileNetV2", "efficientnet_lite0": None}
 
@@ -60,7 +61,7 @@ def main() -> None:
         for keras_name in sorted({KERAS_TWIN[m] or "EfficientNetB0" for m in args.models.split(",")}):
             out = subprocess.run(
                 [sys.executable, __file__, "--_keras", keras_name, f"--batch={args.batch}", f"--size={args.size}"],
-                env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                env={**hugepages.without_huge_pages(os.environ), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
                 capture_output=True,
                 text=True,
                 check=True,
@@ -89,4 +90,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
     main()

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
-from flowers_jax import data  # noqa: E402
+from flowers_jax import data, hugepages  # noqa: E402
 from flowers_jax.data import fixtures, pipeline  # noqa: E402
 
 
@@ -101,4 +101,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
     main()

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
-from flowers_jax import distributed  # noqa: E402
+from flowers_jax import distributed, hugepages  # noqa: E402
 
 
 def _time(step, state, batch, n: int) -> float:
@@ -71,4 +71,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
     main()

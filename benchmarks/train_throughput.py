@@ -12,6 +12,9 @@ Modes: "full" trains every parameter (BatchNorm updating), the costliest stage o
   python benchmarks/train_throughput.py [--models efficientnet_b0,efficientnet_lite0,mobilenet_v2]
       [--modes full,head] [--batch 32] [--size 224] [--seconds 30]
 
+Ours runs as `python -m flowers_jax.main` does, restarted with glibc's malloc on huge pages
+(flowers_jax/hugepages.py); Keras runs with its defaults (--keras-huge-pages: with them too).
+
 Differences that remain: our EfficientNets run dropout and stochastic depth in training (the
 twin has neither: it is built for inference), which costs us a little.
 """
@@ -25,6 +28,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from flowers_jax import hugepages  # noqa: E402
 
 MODELS = "efficientnet_b0,efficientnet_lite0,mobilenet_v2"
 
@@ -72,6 +76,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seconds", type=float, default=30.0, help="minimum time per measurement")
+    parser.add_argument(
+        "--keras-huge-pages", action="store_true", help="run Keras with glibc huge pages too (flowers_jax/hugepages.py)"
+    )
     parser.add_argument("--_keras", help=argparse.SUPPRESS)  # internal: "model:mode", one Keras measurement
     args = parser.parse_args()
     if args._keras:
@@ -85,13 +92,16 @@ def main() -> None:
         f"training images/s, batch {args.batch} at {args.size}x{args.size}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
     )
+    # Keras runs as it does by default, without our huge-page restart, unless --keras-huge-pages.
+    keras_env = os.environ if args.keras_huge_pages else hugepages.without_huge_pages(os.environ)
+    keras_env = keras_env | {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
     print(f"{'model':<20}{'mode':<6}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--_keras", f"{name}:{mode}", f"--batch={args.batch}"]
                 + [f"--size={args.size}", f"--seconds={args.seconds}"],
-                env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"},
+                env=keras_env,
                 capture_output=True,
                 text=True,
             )
@@ -103,4 +113,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
     main()

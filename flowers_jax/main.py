@@ -110,5 +110,8 @@ def _use_synthetic_data(config, workdir: str, *, write: bool) -> None:
 
 
 if __name__ == "__main__":
+    from flowers_jax import hugepages
+
+    hugepages.restart_with_huge_pages()  # XLA:CPU's buffers on huge pages (see hugepages.py)
     flags.mark_flags_as_required(["config"])
     app.run(main)
