@@ -12,7 +12,7 @@ One run, this machine, the same converted photos and the same ported ImageNet we
      result, writes <workdir>/results.json, and copies the curves and confusion matrix to --figures.
 
   python benchmarks/oxford102.py [--photos ../shared/data/oxford102] [--tfrecords /tmp/oxford102_tfrec]
-      [--workdir workdirs/oxford102] [--epochs-head 8 --epochs-fine 25] [--test-sizes 224,256,288]
+      [--workdir workdirs/oxford102] [--epochs-head 8 --epochs-fine 25] [--test-sizes S,S+32,S+64]
       [--figures docs/results]
 
 Both recipes get the same epoch budget per phase: --epochs-head for the head on the frozen
@@ -34,6 +34,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)  # configs/ is a package at the repository root
+from flowers_jax import hugepages  # noqa: E402
 
 
 def convert(photos: str, tfrecords: str, size: int) -> None:
@@ -44,21 +45,26 @@ def convert(photos: str, tfrecords: str, size: int) -> None:
     subprocess.run(cmd + ["--sizes", str(size)], check=True)
 
 
+def at_size(config, size: int):
+    """A copy of `config` that shows the model `size` x `size` images resized from the run's records."""
+    from flowers_jax.data import pipeline
+
+    c = config.copy_and_resolve_references()
+    c.data.tfrecord_size = pipeline.tfrecord_size(config)
+    c.data.image_size = size
+    return c
+
+
 def pick_test_size(config, workdir: str, sizes: list[int]) -> tuple[int, dict[int, float]]:
-    """Val accuracy of the best checkpoint at each test-time size (the records stay at the training
-    size and are resized); returns the size val prefers (ties: the smaller) and every val figure."""
+    """Val accuracy of the best checkpoint at each test-time size (from the same records, resized);
+    returns the size val prefers (ties: the smaller) and every val figure."""
     from flowers_jax import evaluation
 
-    val = {}
-    for size in sizes:
-        c = config.copy_and_resolve_references()
-        c.data.image_size = size
-        c.data.tfrecord_size = config.data.image_size
-        val[size] = evaluation.run_eval(c, workdir, "best", "val")["accuracy"]
+    val = {size: evaluation.run_eval(at_size(config, size), workdir, "best", "val")["accuracy"] for size in sizes}
     return max(sizes, key=lambda s: (val[s], -s)), val
 
 
-def run_ours(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, test_sizes: list[int]) -> dict:
+def run_ours(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, test_sizes: list[int] | None) -> dict:
     from configs import oxford102
     from flowers_jax import evaluation, logs, train
 
@@ -71,12 +77,10 @@ def run_ours(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, t
     train.train_and_evaluate(config, workdir)
     train_wall = time.perf_counter() - start
     test_at_train_size = evaluation.run_eval(config, workdir, "best", "test")
-    size, val_by_size = pick_test_size(config, workdir, test_sizes)
-    test_config = config.copy_and_resolve_references()
-    test_config.data.image_size = size
-    test_config.data.tfrecord_size = config.data.image_size
+    train_size = config.data.image_size
+    size, val_by_size = pick_test_size(config, workdir, test_sizes or [train_size + d for d in (0, 32, 64)])
     # Last, so that <workdir>/eval/best/test holds the reports (confusion matrix) of the figure reported.
-    test = evaluation.run_eval(test_config, workdir, "best", "test")
+    test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
     epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
     return {
         "config": json.loads(config.to_json()),
@@ -97,7 +101,8 @@ def run_keras(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int) 
     cmd = [sys.executable, os.path.join(HERE, "keras_recipe.py"), "--data-dir", tfrecords, "--out", out]
     cmd += ["--epochs-head", str(epochs_head), "--epochs-fine", str(epochs_fine)]
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, env={**os.environ, "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env = hugepages.without_huge_pages(os.environ) | {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    subprocess.run(cmd, check=True, env=env)
     with open(out) as f:
         result = json.load(f)
     result["wall_seconds"] = time.perf_counter() - start
@@ -118,7 +123,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="workdirs/oxford102")
     parser.add_argument("--epochs-head", type=int, default=8)
     parser.add_argument("--epochs-fine", type=int, default=25)
-    parser.add_argument("--test-sizes", default="224,256,288", help="test-time sizes val chooses from")
+    parser.add_argument("--test-sizes", default="", help="test-time sizes val chooses from; default S,S+32,S+64")
     parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "results"), help="'' to skip copying")
     parser.add_argument("--skip-keras", action="store_true")
     args = parser.parse_args()
@@ -126,20 +131,21 @@ def main() -> None:
     os.makedirs(workdir, exist_ok=True)
 
     convert(args.photos, args.tfrecords, 224)
-    test_sizes = [int(s) for s in args.test_sizes.split(",")]
+    test_sizes = [int(s) for s in args.test_sizes.split(",")] if args.test_sizes else None
     ours = run_ours(args.tfrecords, os.path.join(workdir, "flax"), args.epochs_head, args.epochs_fine, test_sizes)
     keras = None if args.skip_keras else run_keras(args.tfrecords, workdir, args.epochs_head, args.epochs_fine)
 
     import jax
 
+    data = ours["config"]["data"]
     print(
-        f"\nOxford-102, EfficientNet-Lite0 at 224, {time.strftime('%Y-%m-%d')}, {jax.device_count()} x "
+        f"\nOxford-102, EfficientNet-Lite0, records at {data['tfrecord_size'] or data['image_size']} px, ours "
+        f"trained at {data['image_size']}, {time.strftime('%Y-%m-%d')}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores; test = {ours['test']['examples']} photos"
     )
     print(f"{'recipe':<28}{'top-1':>8}{'top-5':>8}{'macro-F1':>10}{'epochs':>8}{'s/epoch':>12}")
     ours_seconds = [e["train_seconds"] + e["val_seconds"] for e in ours["epochs"]]
-    train_size = ours["config"]["data"]["image_size"]
-    print(_row(f"ours, test at {train_size}", ours["test_at_train_size"], ours_seconds, len(ours["epochs"])))
+    print(_row(f"ours, test at {data['image_size']}", ours["test_at_train_size"], ours_seconds, len(ours["epochs"])))
     print(_row(f"ours, test at {ours['test_size']} (val's)", ours["test"], ours_seconds, len(ours["epochs"])))
     if keras:
         keras_seconds = [s for p in keras["phases"] for s in p["epoch_seconds"]]
@@ -168,4 +174,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
     main()

@@ -37,3 +37,24 @@ def test_keras_recipe_head_then_last_20_layers_without_batchnorm():
     trainable = {w.path.split("/")[0] for w in base.trainable_weights}
     assert trainable and all(base.get_layer(n) in last for n in trainable)
     assert not any("bn" in n for n in trainable)
+
+
+def test_oxford_benchmark_lets_val_choose_the_test_size(monkeypatch):
+    """Each candidate size is evaluated on val from the training-size records; the best val wins,
+    a tie goes to the smaller size, and test is never read for the choice."""
+    from benchmarks import oxford102
+    from configs import oxford102 as recipe
+    from flowers_jax import evaluation
+
+    seen = []
+
+    def fake_eval(config, workdir, which, split):
+        seen.append((config.data.image_size, config.data.tfrecord_size, which, split))
+        return {"accuracy": {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}[config.data.image_size]}
+
+    monkeypatch.setattr(evaluation, "run_eval", fake_eval)
+    config = recipe.get_config()
+    size, val = oxford102.pick_test_size(config, "W", [224, 256, 288, 320])
+    assert size == 256 and val == {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}
+    assert seen == [(s, 224, "best", "val") for s in (224, 256, 288, 320)]
+    assert config.data.image_size == 224 and config.data.tfrecord_size == 0  # the run's config is untouched
