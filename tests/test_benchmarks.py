@@ -54,7 +54,8 @@ def test_oxford_benchmark_lets_val_choose_the_test_size(monkeypatch):
 
     monkeypatch.setattr(evaluation, "run_eval", fake_eval)
     config = recipe.get_config()
+    config.data.tfrecord_size, config.data.image_size = 224, 256  # photos stored at 224, trained at 256
     size, val = oxford102.pick_test_size(config, "W", [224, 256, 288, 320])
     assert size == 256 and val == {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}
     assert seen == [(s, 224, "best", "val") for s in (224, 256, 288, 320)]
-    assert config.data.image_size == 224 and config.data.tfrecord_size == 0  # the run's config is untouched
+    assert (config.data.image_size, config.data.tfrecord_size) == (256, 224)  # the run's config is untouched
