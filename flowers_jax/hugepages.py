@@ -7,8 +7,8 @@ Measured on this project's 2-core VM: a [32, 112, 112, 96] float32 elementwise o
 a fresh buffer and 5 ms in place; EfficientNet-Lite0's training step went from 22.6 to 40.3 img/s
 with huge pages. glibc (>= 2.35) backs its mmap'd chunks with 2 MiB transparent huge pages when
 started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1; tunables are read only at process start, so
-the entry points re-execute themselves with it (same PID and command line, before anything heavy
-is imported). No effect where the kernel's THP mode is not "madvise" ("always" already gives
+the entry points re-execute themselves with it (same PID and command line; `flowers_jax.main`
+before it imports JAX or TensorFlow). No effect where the kernel's THP mode is not "madvise" ("always" already gives
 huge pages, "never" none) or glibc is older; FLOWERS_JAX_HUGE_PAGES=0 turns it off.
 
 Written by hand: neither JAX nor XLA has a setting for its CPU buffer allocator.
