@@ -6,6 +6,7 @@ a stage (AdamW, weight-decay mask, clipping, label smoothing), as `flowers_jax.t
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from flowers_jax import models, optim
+from flowers_jax import hugepages, models, optim
 from flowers_jax.state import TrainState, new_state
 from flowers_jax.steps import make_train_step
 
@@ -27,6 +28,13 @@ def random_batch(batch: int, size: int, *, seed: int = 0) -> tuple[np.ndarray, n
     rng = np.random.default_rng(seed)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
     return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+
+
+def keras_env(backend: str = "tensorflow", *, huge_pages: bool = False) -> dict[str, str]:
+    """Environment of a Keras peer's subprocess: `backend`, TF's log noise off, and (unless
+    `huge_pages`) without the huge-page restart ours runs with, so Keras runs as by default."""
+    env = dict(os.environ) if huge_pages else hugepages.without_huge_pages(os.environ)
+    return env | {"KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def median_seconds(fn: Callable[[], Any], *, warmup: int = 1, min_reps: int = 3, min_seconds: float = 10.0) -> float:

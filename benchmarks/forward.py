@@ -61,7 +61,7 @@ def main() -> None:
         for keras_name in sorted({KERAS_TWIN[m] or "EfficientNetB0" for m in args.models.split(",")}):
             out = subprocess.run(
                 [sys.executable, __file__, "--_keras", keras_name, f"--batch={args.batch}", f"--size={args.size}"],
-                env={**hugepages.without_huge_pages(os.environ), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"},
+                env=common.keras_env(backend),
                 capture_output=True,
                 text=True,
                 check=True,

@@ -100,9 +100,10 @@ def run_keras(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int) 
     out = os.path.join(workdir, "keras_recipe.json")
     cmd = [sys.executable, os.path.join(HERE, "keras_recipe.py"), "--data-dir", tfrecords, "--out", out]
     cmd += ["--epochs-head", str(epochs_head), "--epochs-fine", str(epochs_fine)]
+    from benchmarks import common
+
     start = time.perf_counter()
-    env = hugepages.without_huge_pages(os.environ) | {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(cmd, check=True, env=env)
+    subprocess.run(cmd, check=True, env=common.keras_env())
     with open(out) as f:
         result = json.load(f)
     result["wall_seconds"] = time.perf_counter() - start
@@ -130,7 +131,10 @@ def main() -> None:
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
 
-    convert(args.photos, args.tfrecords, 224)
+    from configs import oxford102
+
+    stored = oxford102.get_config().data  # the size the recipe reads its records at
+    convert(args.photos, args.tfrecords, stored.tfrecord_size or stored.image_size)
     test_sizes = [int(s) for s in args.test_sizes.split(",")] if args.test_sizes else None
     ours = run_ours(args.tfrecords, os.path.join(workdir, "flax"), args.epochs_head, args.epochs_fine, test_sizes)
     keras = None if args.skip_keras else run_keras(args.tfrecords, workdir, args.epochs_head, args.epochs_fine)

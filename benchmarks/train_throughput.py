@@ -92,16 +92,15 @@ def main() -> None:
         f"training images/s, batch {args.batch} at {args.size}x{args.size}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
     )
-    # Keras runs as it does by default, without our huge-page restart, unless --keras-huge-pages.
-    keras_env = os.environ if args.keras_huge_pages else hugepages.without_huge_pages(os.environ)
-    keras_env = keras_env | {"KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    from benchmarks import common
+
     print(f"{'model':<20}{'mode':<6}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             out = subprocess.run(
                 [sys.executable, __file__, "--_keras", f"{name}:{mode}", f"--batch={args.batch}"]
                 + [f"--size={args.size}", f"--seconds={args.seconds}"],
-                env=keras_env,
+                env=common.keras_env(huge_pages=args.keras_huge_pages),
                 capture_output=True,
                 text=True,
             )

@@ -8,8 +8,9 @@ a fresh buffer and 5 ms in place; EfficientNet-Lite0's training step went from 2
 with huge pages. glibc (>= 2.35) backs its mmap'd chunks with 2 MiB transparent huge pages when
 started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1; tunables are read only at process start, so
 the entry points re-execute themselves with it (same PID and command line; `flowers_jax.main`
-before it imports JAX or TensorFlow). No effect where the kernel's THP mode is not "madvise" ("always" already gives
-huge pages, "never" none) or glibc is older; FLOWERS_JAX_HUGE_PAGES=0 turns it off.
+before it imports JAX or TensorFlow). No effect where the kernel's THP mode is not "madvise"
+("always" already gives huge pages, "never" none) or glibc is older; FLOWERS_JAX_HUGE_PAGES=0
+turns it off.
 
 Written by hand: neither JAX nor XLA has a setting for its CPU buffer allocator.
 """
@@ -19,7 +20,8 @@ from __future__ import annotations
 import os
 import sys
 
-TUNABLE = "glibc.malloc.hugetlb=1"
+_NAME = "glibc.malloc.hugetlb"
+TUNABLE = f"{_NAME}=1"
 SWITCH = "FLOWERS_JAX_HUGE_PAGES"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -46,7 +48,7 @@ def _thp_mode(path: str = _THP_MODE) -> str:
 def wanted(environ: dict[str, str] | None = None, *, thp_mode: str | None = None) -> bool:
     """Whether this process should be restarted with the tunable."""
     env = os.environ if environ is None else environ
-    if env.get(SWITCH, "1") == "0" or "glibc.malloc.hugetlb" in env.get("GLIBC_TUNABLES", ""):
+    if env.get(SWITCH, "1") == "0" or _NAME in env.get("GLIBC_TUNABLES", ""):
         return False
     mode = _thp_mode() if thp_mode is None else thp_mode
     return sys.platform.startswith("linux") and _glibc_version() >= (2, 35) and mode == "madvise"
@@ -62,7 +64,7 @@ def without_huge_pages(environ: dict[str, str]) -> dict[str, str]:
     benchmarks' Keras peers): GLIBC_TUNABLES without the huge-page tunable, and the switch off so
     that the child does not restart itself with it."""
     env = dict(environ, **{SWITCH: "0"})
-    kept = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
+    kept = [t for t in env.pop("GLIBC_TUNABLES", "").split(":") if t and not t.startswith(f"{_NAME}=")]
     if kept:
         env["GLIBC_TUNABLES"] = ":".join(kept)
     return env
