@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 
 # tensorflowjs 4.22.0 (its last release) requires TF 2.19 and tensorflow-decision-forests, which
-# cannot install beside TF 2.21 (protobuf clash; DESIGN.md). Its converter needs neither at run
+# cannot install beside TF 2.21 (protobuf clash; docs/design.md, §export). Its converter needs neither at run
 # time, so it goes in without its dependencies; flowers_jax/export/tfjs.py stands in for TF-DF.
 "$PYTHON" -m pip install -q --no-deps tensorflowjs==4.22.0 tf-keras==2.21.0 tensorflow-hub==0.16.1 importlib_resources==7.1.0
 

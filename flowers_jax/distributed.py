@@ -3,7 +3,7 @@
 One code path for 1 CPU, 8 fake CPU devices, a GPU, a TPU VM and a TPU pod:
 a 1-D mesh over every device of every host, axis "data". Batches are sharded
 along it and the train state is replicated, so `jax.jit` inserts the gradient
-all-reduce and BatchNorm sees global batch statistics (DESIGN.md, decision 1).
+all-reduce and BatchNorm sees global batch statistics (docs/design.md, §mesh).
 """
 
 from __future__ import annotations

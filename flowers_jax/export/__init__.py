@@ -5,7 +5,7 @@
                                  class_names=names, image_size=224, checkpoint_info={...},
                                  val_metrics=None, images_for_parity=photos)   # [>= 32, 224, 224, 3]
 
-DESIGN.md decision 6 says why TF.js and ONNX go through a Keras twin and not jax2tf.
+docs/design.md (§export) says why TF.js and ONNX go through a Keras twin and not jax2tf.
 Needs the export toolchain (export/install.sh): tensorflowjs (pip --no-deps), tf2onnx,
 onnxruntime, and TF.js from npm in export/node_modules.
 """

@@ -3,7 +3,7 @@
 Every runtime is compared on the same pixels, so the only rule is that they be real
 photos (random noise hides errors that real image statistics expose) and integer-valued
 like a browser's pixels. JPEGs are decoded with the accurate integer DCT, as browsers
-and PIL do (TF's default DCT is a faster approximation; DESIGN.md).
+and PIL do (TF's default DCT is a faster approximation; docs/design.md, §decode).
 """
 
 from __future__ import annotations
