@@ -28,12 +28,17 @@ def _root(workdir: str) -> epath.Path:
     return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
 
 
-def _manager(directory: epath.Path, max_to_keep: int, async_save: bool) -> ocp.CheckpointManager:
+def _manager(
+    directory: epath.Path, max_to_keep: int, async_save: bool, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """The trainer's manager of one series, or (`read_only`) a reader's: one that never creates a
+    folder, deletes a step or cleans up the temporary folder of a save in flight (the trainer's)."""
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        create=True,
+        max_to_keep=None if read_only else max_to_keep,
+        create=not read_only,
+        read_only=read_only,
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
         # Orbax names its cross-process barriers after the step directory ("async_write_complete.8"):
         # "latest" and "best" saving the same step at once would join one barrier twice and fail
         # multi-host runs ("Barrier ... is already ongoing"). A per-series prefix keeps them apart.
@@ -84,7 +89,9 @@ def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
     if not root.is_dir():
         raise CheckpointError(f"{workdir}: no checkpoints/ folder; is this a training workdir?")
     name = "best" if which == "best" else "latest"
-    manager = _manager(root / name, 1, async_save=False)
+    if not (root / name).is_dir():
+        raise CheckpointError(f"{workdir}: no {name} checkpoint yet")
+    manager = _manager(root / name, 1, async_save=False, read_only=True)
     if which in ("best", "latest"):
         step = manager.latest_step()
     else:
