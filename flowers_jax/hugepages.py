@@ -9,14 +9,17 @@ with huge pages. glibc (>= 2.35) backs its mmap'd chunks with 2 MiB transparent 
 started with GLIBC_TUNABLES=glibc.malloc.hugetlb=1; tunables are read only at process start, so
 the entry points re-execute themselves with it (same PID and command line; `flowers_jax.main`
 before it imports JAX or TensorFlow). No effect where the kernel's THP mode is not "madvise"
-("always" already gives huge pages, "never" none) or glibc is older; FLOWERS_JAX_HUGE_PAGES=0
-turns it off.
+("always" already gives huge pages, "never" none) or glibc is older, nor where JAX will run on
+an accelerator (JAX_PLATFORMS names another platform, or a TPU/CUDA plugin is installed: there
+XLA's buffers live on the device); FLOWERS_JAX_HUGE_PAGES=0 turns it off. The restart says so in
+one line on stderr.
 
 Written by hand: neither JAX nor XLA has a setting for its CPU buffer allocator.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -45,10 +48,30 @@ def _thp_mode(path: str = _THP_MODE) -> str:
     return text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
 
 
+# JAX's accelerator plugins: with one installed, JAX picks that device, not the CPU. Looked up
+# by module name only (importlib.util.find_spec imports nothing), since the restart happens
+# before JAX is imported.
+_ACCELERATOR_PLUGINS = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin")
+
+
+def accelerator(environ: dict[str, str] | None = None) -> str:
+    """Why JAX will not run on the CPU here ("" when it will): JAX_PLATFORMS, or a plugin."""
+    env = os.environ if environ is None else environ
+    platforms = env.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return "" if platforms.split(",")[0].strip() == "cpu" else f"JAX_PLATFORMS={platforms}"
+    for name in _ACCELERATOR_PLUGINS:
+        if importlib.util.find_spec(name) is not None:
+            return f"the {name} plugin is installed"
+    return ""
+
+
 def wanted(environ: dict[str, str] | None = None, *, thp_mode: str | None = None) -> bool:
     """Whether this process should be restarted with the tunable."""
     env = os.environ if environ is None else environ
     if env.get(SWITCH, "1") == "0" or _NAME in env.get("GLIBC_TUNABLES", ""):
+        return False
+    if accelerator(env):
         return False
     mode = _thp_mode() if thp_mode is None else thp_mode
     return sys.platform.startswith("linux") and _glibc_version() >= (2, 35) and mode == "madvise"
@@ -79,6 +102,11 @@ def restart_with_huge_pages() -> None:
     if not wanted():
         return
     os.environ["GLIBC_TUNABLES"] = tunables_with_hugetlb(os.environ.get("GLIBC_TUNABLES", ""))
+    print(
+        f"flowers_jax: restarting with GLIBC_TUNABLES={TUNABLE} (XLA:CPU's buffers on huge pages; "
+        f"{SWITCH}=0 turns this off)",
+        file=sys.stderr,
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)

@@ -39,6 +39,20 @@ def test_restart_only_when_it_helps_and_never_twice():
     assert not hugepages.wanted({}, thp_mode="never")
     assert not hugepages.wanted({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, thp_mode="madvise")  # the user's
     assert not hugepages.wanted({hugepages.SWITCH: "0"}, thp_mode="madvise")
+    # Not where JAX runs on an accelerator: XLA's buffers are on the device there.
+    assert hugepages.wanted({"JAX_PLATFORMS": "cpu"}, thp_mode="madvise")
+    assert not hugepages.wanted({"JAX_PLATFORMS": "tpu"}, thp_mode="madvise")
+    assert not hugepages.wanted({"JAX_PLATFORMS": "cuda,cpu"}, thp_mode="madvise")
+
+
+def test_an_installed_accelerator_plugin_means_no_restart(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name == "libtpu" else real(name))
+    assert hugepages.accelerator({}) == "the libtpu plugin is installed"
+    assert not hugepages.wanted({}, thp_mode="madvise")
+    assert hugepages.accelerator({"JAX_PLATFORMS": "cpu"}) == ""  # the user's choice wins
 
 
 def test_a_restarted_process_runs_its_command_again_with_the_tunable():
@@ -50,5 +64,6 @@ def test_a_restarted_process_runs_its_command_again_with_the_tunable():
     out = subprocess.run([sys.executable, "-c", code, "arg"], env=env, capture_output=True, text=True, check=True)
     if hugepages.wanted(env):
         assert out.stdout.splitlines() == ["start", "start", "glibc.malloc.hugetlb=1 ['arg']"]
+        assert out.stderr.count("flowers_jax: restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1") == 1
     else:  # this machine's kernel or libc would not use it: no restart
         assert out.stdout.splitlines() == ["start", "None ['arg']"]
