@@ -44,6 +44,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("optimizer.name", f"must be 'adamw' or 'sgd', got {config.optimizer.name!r}")
     if config.checkpoint.every_steps < 1:
         _fail("checkpoint.every_steps", "must be >= 1")
+    if config.log_every_steps < 1:
+        _fail("log_every_steps", f"must be >= 1, got {config.log_every_steps}")
+    if config.data.image_size < 16:
+        _fail("data.image_size", f"must be >= 16 pixels, got {config.data.image_size}")
+    if config.data.tfrecord_size < 0:
+        _fail("data.tfrecord_size", f"must be 0 (= image_size) or a stored size, got {config.data.tfrecord_size}")
+    modes = {m.strip() for m in config.eval.tta.split(",") if m.strip()}
+    if modes - {"flip", "crops"}:
+        _fail("eval.tta", f"unknown mode(s) {sorted(modes - {'flip', 'crops'})}; use '', flip, crops or flip,crops")
+    _validate_trust(config)
     order = [s.strip() for s in config.stage_order.split(",") if s.strip()]
     if not order:
         _fail("stage_order", "names no stage")
@@ -61,6 +71,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
         for field in ("train", "lr_scale"):
             for item in filter(None, (s.strip() for s in stage[field].split(","))):
                 try:
-                    optim.selector_regex(item.split("=")[0] if field == "lr_scale" else item, arch)
+                    optim.selector_regex(item.rsplit("=", 1)[0] if field == "lr_scale" else item, arch)
+                    if field == "lr_scale":
+                        optim._parse_scales(item)
                 except (optim.ParamGroupError, ValueError) as e:
                     _fail(f"stages.{key}.{field}", str(e))
+
+
+def _validate_trust(config: ml_collections.ConfigDict) -> None:
+    from flowers_jax import abstain  # numpy/scipy only
+
+    if config.eval.calibration not in ("auto", "off"):
+        _fail("eval.calibration", f"must be 'auto' or 'off', got {config.eval.calibration!r}")
+    t = config.trust
+    if not 0.0 < t.target_risk < 1.0:
+        _fail("trust.target_risk", f"must be in (0, 1), e.g. 0.02 for 2% errors, got {t.target_risk}")
+    if t.selective_score not in ("auto", *abstain.CONFIDENCE_SCORES):
+        _fail(
+            "trust.selective_score",
+            f"must be 'auto' or one of {abstain.CONFIDENCE_SCORES}, got {t.selective_score!r}",
+        )
+    if t.openset_score not in abstain.OPENSET_SCORES:
+        _fail("trust.openset_score", f"must be one of {abstain.OPENSET_SCORES}, got {t.openset_score!r}")
+    if not 0.5 <= t.known_recall <= 1.0:
+        _fail("trust.known_recall", f"must be in [0.5, 1] (share of val flowers kept), got {t.known_recall}")

@@ -1,7 +1,8 @@
 """`--mode describe`: builds the config's model, loads its pretrained weights, and says what it got.
 
-A quick, offline check of a config before spending accelerator time: the
-parameter table per subtree and the pretrained load report.
+A quick, offline check of a config before spending accelerator time: the parameter table per
+subtree, the pretrained load report, and the stage plan with each stage's parameter-group table
+(what trains, at which learning rate). Reads no data and writes nothing.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from flowers_jax import models, pretrained
+from flowers_jax import config as config_lib
+from flowers_jax import models, optim, pretrained
 
 
 def parameter_table(variables: dict) -> str:
@@ -37,11 +39,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | None) -> dict:
             config.pretrained, config.model, config.num_classes, rng=jax.random.key(config.seed)
         )
     else:
-        shape = (1, config.image_size, config.image_size, 3)
-        variables = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros(shape))
+        variables = jax.jit(model.init)(jax.random.key(config.seed), jnp.zeros((1, 32, 32, 3)))
         print(f"{config.model}: randomly initialised (config.pretrained is empty)")
     print(parameter_table(variables))
-    images = jnp.full((2, config.image_size, config.image_size, 3), 127.0)
+    size = config.data.image_size
+    images = jnp.full((2, size, size, 3), 127.0)
     logits = jax.jit(model.apply)(variables, images)
     print(f"forward pass on {images.shape} -> logits {logits.shape}, finite: {bool(jnp.isfinite(logits).all())}")
+    arch = models.get_arch(config.model)
+    stages = config_lib.stages(config)
+    for i, (name, stage) in enumerate(stages):
+        groups = optim.param_groups(variables["params"], stage, arch)
+        print(
+            f"stage {i + 1}/{len(stages)} {name!r}: {stage.epochs} epochs, trains {stage.train!r}, "
+            f"BatchNorm {stage.bn}, peak lr {stage.lr:g}, warm-up {stage.warmup_epochs:g} epochs\n{groups.table}"
+        )
     return variables

@@ -53,12 +53,19 @@ def selector_regex(selector: str, arch: Arch) -> str:
     if selector == "top":
         return f"backbone/({top})/.*"
     if selector.startswith("last_blocks:"):
-        k = int(selector.split(":", 1)[1])
+        try:
+            k = int(selector.split(":", 1)[1])
+        except ValueError:
+            raise ParamGroupError(f"{selector}: K must be a whole number of blocks") from None
         if not 0 <= k <= len(arch.blocks):
             raise ParamGroupError(f"{selector}: {arch.name} has {len(arch.blocks)} blocks")
         prefixes = [re.escape(b.prefix) for b in arch.blocks[len(arch.blocks) - k :]]
         return f"backbone/(({'|'.join(prefixes) or '(?!)'}).*|{top})/.*"
     if selector.startswith("re:"):
+        try:
+            re.compile(selector[3:])
+        except re.error as e:
+            raise ParamGroupError(f"{selector}: not a regular expression ({e})") from None
         return selector[3:]
     raise ParamGroupError(
         f"unknown selector {selector!r}; use all, head, backbone, stem, top, last_blocks:K or re:REGEX"
@@ -72,7 +79,13 @@ def _parse_scales(spec: str) -> list[tuple[str, float]]:
         if "=" not in item:
             raise ParamGroupError(f"lr_scale entry {item!r} must be SELECTOR=FACTOR")
         sel, factor = item.rsplit("=", 1)
-        out.append((sel, float(factor)))
+        try:
+            value = float(factor)
+        except ValueError:
+            raise ParamGroupError(f"lr_scale entry {item!r}: {factor!r} is not a number") from None
+        if not value > 0:
+            raise ParamGroupError(f"lr_scale entry {item!r}: the factor must be > 0")
+        out.append((sel, value))
     return out
 
 
