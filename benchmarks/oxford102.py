@@ -60,7 +60,12 @@ def pick_test_size(config, workdir: str, sizes: list[int]) -> tuple[int, dict[in
     returns the size val prefers (ties: the smaller) and every val figure."""
     from flowers_jax import evaluation
 
-    val = {size: evaluation.run_eval(at_size(config, size), workdir, "best", "val")["accuracy"] for size in sizes}
+    def uncalibrated(size: int):  # accuracy does not depend on it, and a calibration holds one size only
+        c = at_size(config, size)
+        c.eval.calibration = "off"
+        return c
+
+    val = {size: evaluation.run_eval(uncalibrated(size), workdir, "best", "val")["accuracy"] for size in sizes}
     return max(sizes, key=lambda s: (val[s], -s)), val
 
 
@@ -169,9 +174,16 @@ def main() -> None:
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
         flax_dir = os.path.join(workdir, "flax")
+        from flowers_jax import evaluation
+
+        trained_size = ours["config"]["data"]["image_size"]
+        test_dir = evaluation.split_dir_name("test", at_size(oxford102.get_config(), ours["test_size"]), trained_size)
         for src, dst in (
             (os.path.join(flax_dir, "training_curves.png"), "oxford102_training_curves.png"),
-            (os.path.join(flax_dir, "eval", "best", "test", "confusion_matrix.png"), "oxford102_confusion_matrix.png"),
+            (
+                os.path.join(flax_dir, "eval", "best", test_dir, "confusion_matrix.png"),
+                "oxford102_confusion_matrix.png",
+            ),
         ):
             shutil.copyfile(src, os.path.join(args.figures, dst))
         print(f"figures in {args.figures}")

@@ -71,5 +71,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --mode eval / predict: test-time augmentation ("", "flip", "crops", "flip,crops") and the
     # prediction-collapse guard's thresholds (see flowers_jax/guard.py).
-    c.eval = ml_collections.ConfigDict(dict(tta="", guard_max_share_ratio=5.0, guard_min_histogram_entropy=0.5))
+    # calibration: "auto" uses <workdir>/calibration.json when there is one (refusing one of another
+    # checkpoint or size), "off" ignores it.
+    c.eval = ml_collections.ConfigDict(
+        dict(tta="", guard_max_share_ratio=5.0, guard_min_histogram_entropy=0.5, calibration="auto")
+    )
+    # --mode calibrate (flowers_jax/trust.py): "not sure" below the threshold that keeps at most
+    # target_risk errors among the answered val photos, by the score with the lowest val AURC ("auto")
+    # or a named one (msp, margin, max_logit); "not one of my flowers" when the open-set score (msp,
+    # max_logit, energy, cosine) is below the value that keeps known_recall of val photos.
+    c.trust = ml_collections.ConfigDict(
+        dict(target_risk=0.02, selective_score="auto", openset_score="cosine", known_recall=0.96)
+    )
     return c

@@ -20,7 +20,7 @@ def get_config():
     c.num_classes = 8
     c.depthwise_impl = "conv"  # compiles in half the time of "shift" at this size
     # The dataset: learnable synthetic images written to <workdir>/data before training.
-    c.synthetic_data = ml_collections.ConfigDict(dict(train_per_class=24, val_per_class=8, test_examples=20))
+    c.synthetic_data = ml_collections.ConfigDict(dict(train_per_class=24, val_per_class=13, test_examples=20))
     c.data.image_size = 64
     c.batch_size = 16
     c.stage_order = "head,top"

@@ -3,6 +3,10 @@
   python export/export_model.py --workdir workdirs/lite0 [--checkpoint best|latest|STEP] --out out/lite0
   python export/export_model.py --pretrained torch:efficientnet_lite0 --model efficientnet_lite0 --out out/lite0
   python export/export_model.py ... --parity-images ../shared/data/oxford102/jpg --float16
+
+With --workdir, W/calibration.json (from `--mode calibrate`) is baked in: the probabilities output
+is softmax(logits / T) in every artefact, the input size defaults to the calibration's, and the
+page's "not sure" / "not one of my flowers" thresholds go to metadata.json.
   cd out/lite0 && python -m http.server 8000          # then open http://localhost:8000
 
 Writes the folder described in flowers_jax/export/exporter.py and prints the parity table;
@@ -44,6 +48,7 @@ class ModelToExport:
     image_size: int
     checkpoint_info: dict[str, Any]
     val_metrics: dict[str, Any] | None = None
+    calibration: Any = None  # flowers_jax.trust.Calibration, or None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +68,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tfjs-backends", default="wasm", help="TF.js backends checked in Node: wasm, cpu or wasm,cpu")
     p.add_argument("--no-jax2tf", action="store_true", help="skip the jax2tf SavedModel")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --out")
+    p.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="with --workdir: ignore W/calibration.json (export uncalibrated probabilities; the page says so)",
+    )
     return p.parse_args(argv)
 
 
@@ -95,13 +105,21 @@ def from_pretrained(args: argparse.Namespace) -> ModelToExport:
 
 def from_workdir(args: argparse.Namespace) -> ModelToExport:
     """--workdir W --checkpoint C: the trained variables, class names and validation metrics of a run."""
-    from flowers_jax import checkpoint, data, inference
+    from flowers_jax import checkpoint, data, inference, trust
     from flowers_jax.data import fixtures
 
     try:
         config, variables, info = inference.load_for_inference(args.workdir, args.checkpoint)
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"nothing to export: {e}") from None
+    cal = None if args.no_calibration else trust.load(args.workdir)
+    # The calibration's size is the size the page must use; without one, the training size.
+    image_size = args.image_size or (cal.image_size if cal else config.data.image_size)
+    if cal is not None:
+        try:
+            cal = trust.load_matching(args.workdir, step=info["step"], image_size=image_size)
+        except trust.CalibrationError as e:
+            raise SystemExit(f"cannot export calibrated: {e} (or pass --no-calibration)") from None
     if config.get("synthetic_data"):  # the smoke run keeps its data in the workdir
         fixtures.use_workdir_data(config, args.workdir)
     try:
@@ -112,7 +130,8 @@ def from_workdir(args: argparse.Namespace) -> ModelToExport:
         model_name=config.model,
         variables=variables,
         class_names=names,
-        image_size=args.image_size or config.data.image_size,
+        image_size=image_size,
+        calibration=cal,
         checkpoint_info={
             "workdir": os.path.abspath(args.workdir),
             "checkpoint": args.checkpoint,
@@ -162,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             tfjs_backends=tuple(b.strip() for b in args.tfjs_backends.split(",") if b.strip()),
             jax2tf=not args.no_jax2tf,
             overwrite=args.overwrite,
+            trust=todo.calibration.for_export() if todo.calibration else None,
+            class_means=todo.calibration.class_means if todo.calibration else None,
         )
     except parity.ParityError as e:
         print(f"EXPORT FAILED: {e}", file=sys.stderr)

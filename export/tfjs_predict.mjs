@@ -3,8 +3,9 @@
 //   node export/tfjs_predict.mjs --model OUT/model/model.json --images x.f32 --shape N,H,W,3 \
 //        --out y.f32 [--backend wasm|cpu] [--batch 8]
 //
-// Reads raw little-endian float32 images (RGB 0-255, NHWC), writes raw float32
-// [logits | probabilities] ([2, N, C]) and prints {"backend", "classes", "ms_per_image"} as JSON.
+// Reads raw little-endian float32 images (RGB 0-255, NHWC), writes raw float32 outputs one after
+// the other ([N, width] each, in the model's output order: embedding, logits, probabilities) and
+// prints {"backend", "outputs": [[name, width], ...], "ms_per_image"} as JSON.
 // The plain @tensorflow/tfjs package has no file:// loader in Node (that is tfjs-node, a native
 // build we avoid), so model.json and its shards are read here and handed over in memory.
 import fs from 'node:fs';
@@ -57,29 +58,30 @@ async function main() {
   const model = await loadModel(args.model);
   const [n, h, w, c] = shape;
   const batch = Number(args.batch);
-  const logits = [];
-  const probs = [];
+  const parts = {};  // output name -> [Float32Array per batch]
   let ms = 0;
   for (let start = 0; start < n; start += batch) {
     const size = Math.min(batch, n - start);
     const x = tf.tensor4d(images.subarray(start * h * w * c, (start + size) * h * w * c), [size, h, w, c]);
     const t0 = performance.now();
-    const out = model.predict(x);
-    const [l, p] = [await out.logits.data(), await out.probabilities.data()];  // names: see tfjs.py
+    const out = model.predict(x);  // {embedding, logits, probabilities}: names, see tfjs.py
+    const names = Object.keys(out).sort();
+    const values = await Promise.all(names.map((k) => out[k].data()));
     ms += performance.now() - t0;
-    logits.push(l);
-    probs.push(p);
-    tf.dispose([x, out.logits, out.probabilities]);
+    names.forEach((k, i) => (parts[k] ??= []).push(values[i]));
+    tf.dispose([x, ...Object.values(out)]);
   }
-  const classes = logits.reduce((a, b) => a + b.length, 0) / n;
-  const all = new Float32Array(2 * n * classes);
+  const outputs = Object.keys(parts).sort().map((k) => [k, parts[k].reduce((a, b) => a + b.length, 0) / n]);
+  const all = new Float32Array(outputs.reduce((a, [, width]) => a + width * n, 0));
   let offset = 0;
-  for (const part of [...logits, ...probs]) {
-    all.set(part, offset);
-    offset += part.length;
+  for (const [k] of outputs) {
+    for (const part of parts[k]) {
+      all.set(part, offset);
+      offset += part.length;
+    }
   }
   fs.writeFileSync(args.out, Buffer.from(all.buffer));
-  console.log(JSON.stringify({ backend: tf.getBackend(), classes, ms_per_image: ms / n }));
+  console.log(JSON.stringify({ backend: tf.getBackend(), outputs, ms_per_image: ms / n }));
 }
 
 main().catch((e) => {

@@ -1,17 +1,25 @@
 """`--mode eval` and `--mode predict`: a checkpoint against a split, with reports on disk.
 
-eval    -> <workdir>/eval/<checkpoint>/<split>/: metrics.json, per_class.{csv,md},
-           confusion_matrix.png, confused_pairs.{csv,md}, reliability.png, guard.json
-predict -> <workdir>/predict/<checkpoint>/<split>/: submission.csv (id,label),
-           probabilities.npz (ids, probs), guard.json
+eval      -> <workdir>/eval/<checkpoint>/<split>/: metrics.json, per_class.{csv,md},
+             confusion_matrix.png, confused_pairs.{csv,md}, reliability.png, risk_coverage.png, guard.json
+predict   -> <workdir>/predict/<checkpoint>/<split>/: submission.csv (id,label),
+             probabilities.npz (ids, probs[, decision]), guard.json
+calibrate -> <workdir>/calibration.json (+ calibration_class_means.npy, calibration_reliability.png):
+             temperature, "not sure" and "not one of my flowers" thresholds (flowers_jax/trust.py)
+
+eval and predict use calibration.json when it belongs to the checkpoint and image size evaluated
+(config.eval.calibration="off" ignores it), and refuse one that belongs to another.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -21,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from flowers_jax import data, distributed, guard, inference, reports, train
+from flowers_jax import abstain, calibration, data, distributed, guard, inference, reports, train, trust
 from flowers_jax.state import build_model
 
 
@@ -52,9 +60,25 @@ def _checkpoint_name(which: str) -> str:
 
 
 def _split_name(split: str) -> str:
-    return (
-        split if split in ("train", "val", "test") else os.path.basename(split.rstrip("/*")).replace("*", "") or "files"
-    )
+    """The output folder of a split: its name, or for a path/glob a readable name made from the path
+    plus a hash of it (two different globs never share a folder)."""
+    if split in ("train", "val", "test"):
+        return split
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", split.strip("/")).strip("_")[-48:] or "files"
+    return f"{readable}-{hashlib.sha256(split.encode()).hexdigest()[:8]}"
+
+
+def split_dir_name(split: str, config: ml_collections.ConfigDict, trained_image_size: int) -> str:
+    """<split>[@<size>px]: the size is named when it is not the one the run trained at, so that
+    evaluations of one checkpoint at several sizes do not overwrite each other."""
+    name = _split_name(split)
+    return name if config.data.image_size == trained_image_size else f"{name}@{config.data.image_size}px"
+
+
+def _out_dir(workdir: str, kind: str, which: str, split: str, config, info: dict) -> str:
+    """<workdir>/<kind>/<checkpoint>/<split>[@<size>px]/ (see split_dir_name)."""
+    name = split_dir_name(split, config, info["trained_image_size"])
+    return reports.ensure_dir(os.path.join(workdir, kind, _checkpoint_name(which), name))
 
 
 def _gather(x: np.ndarray) -> np.ndarray:
@@ -72,34 +96,51 @@ def _encode_ids(ids: np.ndarray, width: int = 128) -> np.ndarray:
     return out
 
 
-def predict_split(
-    config: ml_collections.ConfigDict, variables: dict, split: str
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Probabilities [N, C], labels [N] (None when the split has none) and ids of one pass."""
+@dataclasses.dataclass
+class SplitOutputs:
+    """One pass of a model over a split, on the host."""
+
+    logits: np.ndarray  # [V, N, C]: one row per test-time view (V = 1 without TTA)
+    labels: np.ndarray | None  # [N], None for an unlabelled split
+    ids: list[str]  # [N]
+    embeddings: np.ndarray  # [N, D] pooled embeddings of the plain view
+
+    def probs(self, temperature: float = 1.0) -> np.ndarray:
+        """[N, C]: the mean over views of softmax(logits / T)."""
+        return calibration.softmax(self.logits, temperature).mean(0)
+
+
+def predict_split(config: ml_collections.ConfigDict, variables: dict, split: str) -> SplitOutputs:
+    """Logits of every view, labels, ids and embeddings of one pass over `split`."""
     mesh = distributed.make_mesh()
     repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
     model = build_model(config)
     tta = config.eval.tta
 
-    def probs_fn(variables, images):
+    def forward(variables, images):
         views = tta_views(images, tta)
-        return jnp.mean(jnp.stack([jax.nn.softmax(model.apply(variables, v)) for v in views]), axis=0)
+        logits, embedding = model.apply(variables, views[0], with_embedding=True)
+        return jnp.stack([logits] + [model.apply(variables, v) for v in views[1:]], axis=1), embedding
 
-    probs_fn = jax.jit(probs_fn, in_shardings=(repl, sharded), out_shardings=sharded)
+    forward = jax.jit(forward, in_shardings=(repl, sharded), out_shardings=sharded)
     variables = jax.device_put(variables, repl)
-    probs, labels, masks, ids = [], [], [], []
+    logits, embeddings, labels, masks, ids = [], [], [], [], []
     for batch in data.eval_iterator(config, split, mesh=mesh):
-        p = probs_fn(variables, batch["image"])
-        probs.append(np.asarray(multihost_utils.process_allgather(p, tiled=True)))
+        z, e = forward(variables, batch["image"])
+        logits.append(np.asarray(multihost_utils.process_allgather(z, tiled=True)))
+        embeddings.append(np.asarray(multihost_utils.process_allgather(e, tiled=True)))
         masks.append(np.asarray(multihost_utils.process_allgather(batch["mask"], tiled=True)))
         if "label" in batch:
             labels.append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)))
         ids.append(_gather(_encode_ids(np.asarray(batch["id"]))))
     keep = np.concatenate(masks) > 0
-    probs = np.concatenate(probs)[keep]
     ids_bytes = np.concatenate(ids)[keep]
-    id_strings = [bytes(row).rstrip(b"\0").decode() for row in ids_bytes]
-    return probs, (np.concatenate(labels)[keep] if labels else None), id_strings
+    return SplitOutputs(
+        logits=np.moveaxis(np.concatenate(logits)[keep], 1, 0),
+        labels=np.concatenate(labels)[keep] if labels else None,
+        ids=[bytes(row).rstrip(b"\0").decode() for row in ids_bytes],
+        embeddings=np.concatenate(embeddings)[keep],
+    )
 
 
 def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
@@ -111,7 +152,7 @@ def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
         train.check_compatible(meta, config, f"{workdir} ({which})")
     except inference.checkpoint.CheckpointError as e:
         raise EvalError(str(e)) from None
-    return variables, info
+    return variables, info | {"trained_image_size": trained_config.data.image_size}
 
 
 def _guard(config, probs, info: data.DatasetInfo, out_dir) -> guard.GuardReport:
@@ -132,21 +173,43 @@ def _guard(config, probs, info: data.DatasetInfo, out_dir) -> guard.GuardReport:
     return report
 
 
+def _calibration(config: ml_collections.ConfigDict, workdir: str, info: dict) -> trust.Calibration | None:
+    """The workdir's calibration for this checkpoint and size (None without one), announced."""
+    try:
+        cal = trust.load_matching(
+            workdir, step=info["step"], image_size=config.data.image_size, mode=config.eval.calibration
+        )
+    except trust.CalibrationError as e:
+        raise EvalError(str(e)) from None
+    if jax.process_index() == 0:
+        if cal is None:
+            print("confidence not calibrated (no calibration.json; --mode calibrate fits one)", flush=True)
+        else:
+            print(f"using {trust.CALIBRATION_FILE}: temperature {cal.temperature:.4f} (fitted on {cal.split})")
+    return cal
+
+
 def run_eval(
     config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val"
 ) -> dict[str, Any]:
     """Evaluates checkpoint `which` on labelled `split`; writes the reports; returns the metrics."""
     variables, info = _load(config, workdir, which)
-    probs, labels, _ = predict_split(config, variables, split)
+    cal = _calibration(config, workdir, info)
+    outputs = predict_split(config, variables, split)
+    labels = outputs.labels
     if labels is None:
         raise EvalError(f"split {split!r} has no labels, so it cannot be evaluated; use --mode predict for it")
+    probs = outputs.probs(cal.temperature if cal else 1.0)
     data_info = data.dataset_info(config)
     class_names = data_info.class_names
-    out = reports.ensure_dir(os.path.join(workdir, "eval", _checkpoint_name(which), _split_name(split)))
+    out = _out_dir(workdir, "eval", which, split, config, info)
+    trusted, curves = trust.evaluate(cal, labels, outputs.logits[0], outputs.embeddings)
     summary = reports.summary_metrics(labels, probs) | {
         "checkpoint_step": info["step"],
         "split": split,
+        "image_size": config.data.image_size,
         "tta": config.eval.tta,
+        **trusted,
     }
     report = _guard(config, probs, data_info, out)
     summary["prediction_collapse"] = report.collapsed
@@ -157,22 +220,96 @@ def run_eval(
         cm = reports.skm.confusion_matrix(labels, probs.argmax(-1), labels=np.arange(config.num_classes))
         reports.plot_confusion(cm, class_names, os.path.join(out, "confusion_matrix.png"))
         reports.write_table(reports.confused_pairs(cm, class_names), os.path.join(out, "confused_pairs"))
-        reports.plot_reliability(labels, probs, os.path.join(out, "reliability.png"))
-        print(
-            f"{split} @ {which} (step {info['step']}): accuracy {summary['accuracy']:.4f}, top-5 "
-            f"{summary['top5_accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f}, weighted-F1 "
-            f"{summary['weighted_f1']:.4f}, ECE {summary['ece']:.4f} ({summary['examples']} examples)\n"
-            f"reports in {out}",
-            flush=True,
-        )
+        panels = {"uncalibrated (T = 1)": outputs.probs()}
+        if cal is not None:
+            panels[f"calibrated (T = {cal.temperature:.3f})"] = probs
+        calibration.plot_reliability(labels, panels, os.path.join(out, "reliability.png"))
+        target = cal.selective["target_risk"] if cal else None
+        abstain.plot_risk_coverage(curves, os.path.join(out, "risk_coverage.png"), target_risk=target)
+        print(_eval_line(split, which, info["step"], summary) + f"\nreports in {out}", flush=True)
     return summary
 
 
-def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> str:
-    """Predicts `split` (labels not needed); writes submission.csv and probabilities.npz; returns the folder."""
+def _eval_line(split: str, which: str, step: int, s: dict) -> str:
+    line = (
+        f"{split} @ {which} (step {step}): accuracy {s['accuracy']:.4f}, top-5 {s['top5_accuracy']:.4f}, "
+        f"macro-F1 {s['macro_f1']:.4f}, weighted-F1 {s['weighted_f1']:.4f}, ECE {s['ece']:.4f}, "
+        f"NLL {s['nll']:.4f} ({s['examples']} examples)"
+    )
+    if "selective" in s:
+        sel = s["selective"]
+        line += (
+            f"\nnot sure below {sel['score']} {sel['threshold']:.4f}: answers {sel['coverage']:.1%} of photos with "
+            f"{sel['risk']:.2%} errors (target {sel['target_risk']:.0%}); AURC {sel['aurc']:.4f}; "
+            f"flagged 'not one of my flowers': {s['openset']['flagged_not_a_known_flower']:.1%}"
+        )
+    return line
+
+
+def run_calibrate(
+    config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val"
+) -> trust.Calibration:
+    """Fits calibration.json for checkpoint `which` at config.data.image_size on labelled `split`.
+
+    Without test-time augmentation (the exported model and the page have none). The class means of
+    the cosine open-set score come from the training split's embeddings. Writes nothing on error.
+    """
+    config = config.copy_and_resolve_references()
+    config.eval.tta = ""
+    config.eval.calibration = "off"
     variables, info = _load(config, workdir, which)
-    probs, _, ids = predict_split(config, variables, split)
-    out = reports.ensure_dir(os.path.join(workdir, "predict", _checkpoint_name(which), _split_name(split)))
+    outputs = predict_split(config, variables, split)
+    try:
+        trust.check_fittable(outputs.labels, split)
+    except trust.CalibrationError as e:
+        raise EvalError(str(e)) from None
+    means = None
+    if config.trust.openset_score == "cosine":
+        train = predict_split(config, variables, config.data.train_split)
+        means = abstain.class_means(train.embeddings, train.labels, config.num_classes)
+    cal = trust.fit(
+        outputs.logits[0],
+        outputs.labels,
+        outputs.embeddings,
+        means,
+        trust=config.trust,
+        checkpoint={"which": which, "step": info["step"]},
+        image_size=config.data.image_size,
+        split=split,
+    )
+    if jax.process_index() == 0:
+        path = trust.save(workdir, cal)
+        before, after = cal.val["before"], cal.val["after"]
+        sel = cal.selective
+        calibration.plot_reliability(
+            outputs.labels,
+            {"before (T = 1)": outputs.probs(), f"after (T = {cal.temperature:.3f})": outputs.probs(cal.temperature)},
+            os.path.join(workdir, "calibration_reliability.png"),
+        )
+        print(
+            f"calibrated step {info['step']} at {config.data.image_size}px on {split} ({cal.val['examples']} photos): "
+            f"T = {cal.temperature:.4f}; ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL {before['nll']:.4f} -> "
+            f"{after['nll']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f}\n"
+            f"not sure: {sel['score']} < {sel['threshold']:.4f} (answers {sel['val']['coverage']:.1%} at "
+            f"{sel['val']['risk']:.2%} errors; target {sel['target_risk']:.0%})\n"
+            f"not one of my flowers: {cal.openset['score']} < {cal.openset['threshold']:.4f} "
+            f"(keeps {cal.openset['known_recall']:.0%} of {split})\nwrote {path}",
+            flush=True,
+        )
+    return cal
+
+
+def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> str:
+    """Predicts `split` (labels not needed); writes submission.csv and probabilities.npz; returns the folder.
+
+    With a calibration, the probabilities are calibrated and the npz also holds each photo's
+    decision ("answer", "not_sure", "unknown").
+    """
+    variables, info = _load(config, workdir, which)
+    cal = _calibration(config, workdir, info)
+    outputs = predict_split(config, variables, split)
+    probs, ids = outputs.probs(cal.temperature if cal else 1.0), outputs.ids
+    out = _out_dir(workdir, "predict", which, split, config, info)
     _guard(config, probs, data.dataset_info(config), out)
     if len(set(ids)) != len(ids):
         raise EvalError(f"split {split!r} repeats ids; a submission needs each id once")
@@ -182,8 +319,9 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "b
             writer = csv.writer(f)
             writer.writerow(["id", "label"])
             writer.writerows(zip(ids, preds.tolist(), strict=True))
+        extra = {"decision": cal.decide(outputs.logits[0], outputs.embeddings).astype(str)} if cal else {}
         buffer = io.BytesIO()  # np.savez needs a seekable file; a gs:// GFile is not
-        np.savez_compressed(buffer, ids=np.asarray(ids), probs=probs.astype(np.float32))
+        np.savez_compressed(buffer, ids=np.asarray(ids), probs=probs.astype(np.float32), **extra)
         with tf.io.gfile.GFile(os.path.join(out, "probabilities.npz"), "wb") as f:
             f.write(buffer.getvalue())
         print(f"predicted {len(ids)} examples of {split!r} @ {which} (step {info['step']}) -> {out}", flush=True)

@@ -18,15 +18,17 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps checkpoints
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "predict", "describe"],
+    ["train", "eval", "predict", "calibrate", "describe"],
     "train (resumes if the workdir has checkpoints), eval (reports on a labelled split), predict (submission "
-    "for an unlabelled split), describe (the model and its pretrained load, no data).",
+    "for an unlabelled split), calibrate (temperature and abstention thresholds on val -> W/calibration.json), "
+    "describe (the model and its pretrained load, no data).",
 )
-_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval/predict: best, latest, or a step number.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval/predict/calibrate: best, latest, or a step number.")
 _SPLIT = flags.DEFINE_string(
     "split",
     None,
-    "eval/predict: val, test, train, or a path/glob of .tfrec files (default: val for eval, test for predict).",
+    "eval/predict/calibrate: val, test, train, or a path/glob of .tfrec files (default: val for eval and "
+    "calibrate, test for predict).",
 )
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"], "jax.distributed: auto = when a coordinator is given or on a TPU pod."
@@ -77,6 +79,8 @@ def main(argv: list[str]) -> None:
     try:
         if _MODE.value == "eval":
             evaluation.run_eval(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
+        elif _MODE.value == "calibrate":
+            evaluation.run_calibrate(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
         else:
             evaluation.run_predict(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "test")
     except (evaluation.EvalError, evaluation.inference.checkpoint.CheckpointError) as e:

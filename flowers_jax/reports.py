@@ -1,4 +1,5 @@
-"""Evaluation reports: scikit-learn metrics, per-class tables, confusion matrix and calibration.
+"""Evaluation reports: scikit-learn metrics, per-class tables, confusion matrix (calibration figures
+come from flowers_jax/calibration.py).
 
 Inputs are host arrays: probabilities [N, C] and integer labels [N].
 """
@@ -12,11 +13,13 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
+from flowers_jax import calibration
 from flowers_jax.logs import save_figure
 
 
 def summary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, top-5, macro/weighted precision, recall and F1, ECE.
+    """Accuracy, top-5, macro/weighted precision, recall and F1, and the calibration figures
+    (ECE, adaptive ECE, NLL, Brier, mean confidence) of probs [N, C] against labels [N].
 
     Macro averages run over the classes present in labels or predictions
     (scikit-learn's default), as the training loop's validation macro-F1 does.
@@ -26,15 +29,19 @@ def summary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     out = {
         "examples": int(len(labels)),
         "accuracy": float(skm.accuracy_score(labels, preds)),
-        "top5_accuracy": float(
-            skm.top_k_accuracy_score(labels, probs, k=min(5, num_classes), labels=np.arange(num_classes))
-        ),
+        "top5_accuracy": top_k_accuracy(labels, probs, min(5, num_classes)),
     }
     for average in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(labels, preds, average=average, zero_division=0)
         out |= {f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)}
-    out["ece"] = expected_calibration_error(labels, probs)[0]
-    return out
+    return out | calibration.calibration_metrics(labels, probs)
+
+
+def top_k_accuracy(labels: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Share of labels [N] among the k highest of probs [N, C]. Hand-written: scikit-learn's
+    top_k_accuracy_score treats a 2-column score as a binary problem and refuses it."""
+    top = np.argsort(-np.asarray(probs), axis=-1, kind="stable")[:, :k]
+    return float(np.mean(np.any(top == np.asarray(labels)[:, None], axis=-1)))
 
 
 def per_class_rows(labels: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> list[dict]:
@@ -95,22 +102,6 @@ def confused_pairs(cm: np.ndarray, class_names: Sequence[str], top: int = 20) ->
     return rows
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15):
-    """ECE over equal-width confidence bins; also returns (bin confidence, bin accuracy, bin count).
-
-    Hand-written: scikit-learn's calibration_curve is for binary problems only.
-    """
-    confidence = probs.max(-1)
-    correct = (probs.argmax(-1) == labels).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    conf = np.bincount(which, weights=confidence, minlength=bins) / np.maximum(count, 1)
-    acc = np.bincount(which, weights=correct, minlength=bins) / np.maximum(count, 1)
-    ece = float(np.sum(np.abs(acc - conf) * count) / max(len(labels), 1))
-    return ece, conf, acc, count
-
-
 def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str) -> None:
     """Row-normalised confusion matrix, readable at 104 classes (large canvas, small labels)."""
     import matplotlib
@@ -129,25 +120,6 @@ def plot_confusion(cm: np.ndarray, class_names: Sequence[str], path: str) -> Non
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (rows normalised to recall)")
     fig.colorbar(im, fraction=0.03, pad=0.02)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def plot_reliability(labels: np.ndarray, probs: np.ndarray, path: str, bins: int = 15) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ece, conf, acc, count = expected_calibration_error(labels, probs, bins)
-    centers = (np.arange(bins) + 0.5) / bins
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.bar(centers, np.where(count > 0, acc, 0), width=1 / bins, edgecolor="k", alpha=0.7, label="accuracy")
-    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {ece:.3f})")
-    ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
 

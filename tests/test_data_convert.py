@@ -218,3 +218,30 @@ def test_oxford_unlabelled_test_and_disagreeing_label_files(tmp_path):
         DataError, match=r"labels.csv and the .mat files disagree on 1 images: \['jpg/image_00002.jpg'\]"
     ):
         convert.oxford_photos(str(tmp_path))
+
+
+def test_oxford_hold_out_classes(tmp_path):
+    """--hold-out-classes K: K classes gone from train/val/test, the rest renumbered with their names,
+    the held-out classes' val/test photos in val_unknown/test_unknown without labels."""
+    truth = write_oxford(tmp_path)
+    out = str(tmp_path / "out")
+    args = ["oxford102", "--input", str(tmp_path), "--output", out, "--sizes", "16", "--hold-out-classes", "2"]
+    assert convert.main(args) == 0
+    meta = json.loads(pathlib.Path(f"{out}/tfrecords-jpeg-16x16/dataset.json").read_text())
+    held = {h["class"] for h in meta["source"]["held_out_classes"]["held_out"]}
+    known = meta["source"]["held_out_classes"]["known_from_original"]
+    assert len(held) == 2 and not held & set(known) and meta["num_classes"] == len(known)
+    assert meta["class_names"] == [class_names()[c] for c in known]
+    for split in ("train", "val", "test"):
+        got = read_records(f"{out}/tfrecords-jpeg-16x16/{split}/*.tfrec")
+        want = {
+            f"image_{i:05d}": known.index(lab - 1) for i, (lab, s) in truth.items() if s == split and lab - 1 in known
+        }
+        assert {k: v["label"] for k, v in got.items()} == want
+    for split in ("val", "test"):
+        want = {f"image_{i:05d}" for i, (lab, s) in truth.items() if s == split and lab - 1 in held}
+        if want:
+            got = read_records(f"{out}/tfrecords-jpeg-16x16/{split}_unknown/*.tfrec")
+            assert set(got) == want and all(r["label"] is None for r in got.values())
+    with pytest.raises(DataError, match="need 0 < K <"):
+        convert.hold_out_classes(convert.oxford_photos(str(tmp_path))[0], class_names(), 99)

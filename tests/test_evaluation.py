@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -47,14 +48,6 @@ def test_metrics_equal_scikit_learn(fixture_predictions):
     np.testing.assert_array_equal(padded, cm)
 
 
-def test_expected_calibration_error_by_hand():
-    labels = np.array([0, 1, 1, 0])
-    probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.55, 0.45]])
-    # bins (15 equal): 0.9 -> correct; 0.8 -> correct; 0.6 -> wrong; 0.55 -> correct (each its own bin)
-    expected = (abs(1 - 0.9) + abs(1 - 0.8) + abs(0 - 0.6) + abs(1 - 0.55)) / 4
-    assert reports.expected_calibration_error(labels, probs)[0] == pytest.approx(expected)
-
-
 def test_guard_fires_on_collapse_and_stays_quiet_when_healthy(fixture_predictions, capsys):
     _, probs = fixture_predictions
     names = [f"c{i}" for i in range(12)]
@@ -86,14 +79,15 @@ def test_eval_mode_writes_every_report(smoke_workdir):
         "confused_pairs.csv",
         "confused_pairs.md",
         "reliability.png",
+        "risk_coverage.png",
         "guard.json",
     ):
         assert (out / name).exists(), name
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["examples"] == 8 * 8 and "macro_f1" in summary and "ece" in summary
+    assert summary["examples"] == 8 * 13 and "macro_f1" in summary and "ece" in summary
     assert "macro-F1" in proc.stdout and "prediction distribution ok" in proc.stdout
     rows = list(csv.DictReader((out / "per_class.csv").read_text().splitlines()))
-    assert len(rows) == 8 and sum(int(r["support"]) for r in rows) == 64
+    assert len(rows) == 8 and sum(int(r["support"]) for r in rows) == 104
 
 
 def test_predict_mode_writes_each_test_id_exactly_once(smoke_workdir):
@@ -123,7 +117,7 @@ def test_guard_on_a_model_forced_to_one_class(smoke_workdir):
     fixtures.use_workdir_data(config, str(smoke_workdir))
     bias = variables["params"]["head"]["predictions"]["bias"]
     variables["params"]["head"]["predictions"]["bias"] = bias.at[3].add(1e4)
-    probs, _, _ = predict_split(config, variables, "val")
+    probs = predict_split(config, variables, "val").probs()
     report = guard.check_predictions(probs, data.dataset_info(config).class_names)
     assert report.collapsed and report.dominant_class == 3
 
@@ -137,3 +131,106 @@ def test_mismatched_checkpoint_and_missing_workdir_are_clear_errors(smoke_workdi
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     proc = _main(smoke_workdir, "--mode=eval", "--split=test")
     assert proc.returncode != 0 and "no labels" in proc.stderr and "--mode predict" in proc.stderr
+
+
+@pytest.fixture
+def calibrated_workdir(smoke_workdir, tmp_path):
+    """A copy of the smoke workdir (so the shared one stays uncalibrated) after `--mode calibrate`."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("eval", "predict", "export*"))
+    proc = _main(workdir, "--mode=calibrate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "calibrated step" in proc.stdout and "not sure:" in proc.stdout
+    return workdir
+
+
+def test_calibrate_then_eval_and_predict_use_it(calibrated_workdir):
+    cal = json.loads((calibrated_workdir / "calibration.json").read_text())
+    assert cal["image_size"] == 64 and cal["split"] == "val" and cal["val"]["examples"] == 104
+    assert cal["val"]["after"]["nll"] <= cal["val"]["before"]["nll"] + 1e-9
+    assert (calibrated_workdir / "calibration_reliability.png").stat().st_size > 10_000
+    assert (calibrated_workdir / "calibration_class_means.npy").exists()  # the default cosine score's
+
+    proc = _main(calibrated_workdir, "--mode=eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"temperature {cal['temperature']:.4f}" in proc.stdout and "not sure below" in proc.stdout
+    summary = json.loads((calibrated_workdir / "eval" / "best" / "val" / "metrics.json").read_text())
+    assert summary["calibration"]["temperature"] == cal["temperature"]
+    assert summary["calibrated"]["nll"] == pytest.approx(cal["val"]["after"]["nll"], rel=1e-4)
+    assert summary["nll"] == pytest.approx(cal["val"]["after"]["nll"], rel=1e-4)  # the headline is calibrated
+    assert summary["selective"]["coverage"] == pytest.approx(cal["selective"]["val"]["coverage"])
+    assert sum(summary["decisions"].values()) == 104
+
+    proc = _main(calibrated_workdir, "--mode=predict")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    npz = np.load(calibrated_workdir / "predict" / "best" / "test" / "probabilities.npz")
+    assert set(npz["decision"]) <= {"answer", "not_sure", "unknown"} and len(npz["decision"]) == 20
+
+
+def test_calibration_of_another_size_is_refused_and_can_be_turned_off(calibrated_workdir):
+    proc = _main(calibrated_workdir, "--mode=eval", "--config.data.image_size=96", "--config.data.tfrecord_size=64")
+    assert proc.returncode != 0
+    assert "at 64px, not step" in proc.stderr and "--mode calibrate" in proc.stderr
+    proc = _main(
+        calibrated_workdir,
+        "--mode=eval",
+        "--config.data.image_size=96",
+        "--config.data.tfrecord_size=64",
+        "--config.eval.calibration=off",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "confidence not calibrated" in proc.stdout
+
+
+def test_calibrate_refuses_bad_requests_and_writes_nothing(smoke_workdir, tmp_path):
+    import glob
+
+    assert not (smoke_workdir / "calibration.json").exists()
+    proc = _main(smoke_workdir, "--mode=calibrate", "--split=test")
+    assert proc.returncode != 0 and "has no labels" in proc.stderr
+    few = sorted(glob.glob(str(smoke_workdir / "data" / "*" / "val" / "*.tfrec")))[0]
+    proc = _main(smoke_workdir, "--mode=calibrate", f"--split={few}")
+    assert proc.returncode != 0 and "calibration needs at least 100 labelled photos" in proc.stderr
+    proc = _main(smoke_workdir, "--mode=calibrate", "--checkpoint=99999")
+    assert proc.returncode != 0 and "99999" in proc.stderr
+    proc = _main(smoke_workdir, "--mode=calibrate", "--config.trust.target_risk=2")
+    assert proc.returncode != 0 and "config.trust.target_risk" in proc.stderr
+    assert not list(smoke_workdir.glob("calibration*"))
+
+
+def test_describe_prints_model_and_stage_plan():
+    """--mode describe: parameter table, load report and each stage's group table, without data."""
+    proc = subprocess.run(
+        main_command("", "--mode=describe", "--config.model=mobilenet_v2_035", "--config.pretrained="),
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "randomly initialised" in out and "params/backbone" in out and "logits (2, 8), finite: True" in out
+    assert "stage 1/2 'head'" in out and "stage 2/2 'top'" in out and "frozen" in out and "peak lr" in out
+
+
+def test_two_class_metrics():
+    """A 2-class model evaluates (scikit-learn's top_k_accuracy_score refuses 2 score columns)."""
+    labels = np.array([0, 1, 1, 0, 1])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8], [0.1, 0.9]])
+    report = reports.summary_metrics(labels, probs)
+    assert report["accuracy"] == pytest.approx(0.6) and report["top5_accuracy"] == 1.0
+    assert reports.top_k_accuracy(labels, probs, 1) == pytest.approx(0.6)
+
+
+def test_split_folders_of_globs_and_sizes_are_distinct():
+    from flowers_jax import evaluation
+
+    a, b = evaluation._split_name("/data/a/val/*.tfrec"), evaluation._split_name("/data/b/val/*.tfrec")
+    assert a != b and not a.startswith(".") and "a_val" in a
+    assert evaluation._split_name("val") == "val"
+    config = ml_collections.ConfigDict({"data": {"image_size": 288}})
+    assert evaluation.split_dir_name("val", config, 256) == "val@288px"
+    assert evaluation.split_dir_name("val", config, 288) == "val"

@@ -101,7 +101,7 @@ def test_float16_tfjs_model(exported, tmp_path):
     f32 = sum(f.stat().st_size for f in (out / exporter.TFJS_DIR).glob("*.bin"))
     f16 = sum(f.stat().st_size for f in model_json.parent.glob("*.bin"))
     assert 0.45 < f16 / f32 < 0.55
-    logits, _, _ = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")
+    logits = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")[0]["logits"]
     error = testing.relative_error(logits, exporter.flax_logits(MODEL, variables, photos))
     assert 1e-4 < error < 0.1  # rounded for real, and still the same network
 
@@ -210,3 +210,85 @@ def test_refused_camera_backend_fallback_and_missing_model(exported, tmp_path):
     with browser.serve(bare) as url:
         missing = browser.run_page("page", url)
     assert missing["status"] == "error" and missing["message"].startswith("Model missing")
+
+
+def _state_calibration(variables, photos):
+    """A calibration (T = 1: the export's) whose thresholds put three of `photos` in the page's three
+    states: A (the surest) answered, B (the least sure) "not sure", C (the one least like A and B) "not
+    one of mine", with the cosine open-set score over class means made from A's and B's embeddings."""
+    from flowers_jax import abstain, trust
+
+    ref = exporter.flax_outputs(MODEL, variables, photos)
+    msp = parity.softmax(ref["logits"]).max(1)
+    a, b = int(np.argmax(msp)), int(np.argmin(msp))
+    means = np.zeros((len(CLASSES), ref["embedding"].shape[1]))
+    means[:2] = abstain.class_means(ref["embedding"][[a, b]], np.array([0, 1]), 2)
+    cos = abstain.openset_score("cosine", ref["logits"], ref["embedding"], means)
+    others = [i for i in range(len(photos)) if i not in (a, b)]
+    c = min(others, key=lambda i: cos[i])
+    assert cos[c] < 0.99  # a margin far above float32 round-off between Flax and the page
+    cal = trust.Calibration(
+        temperature=1.0,
+        image_size=SIZE,
+        checkpoint={"which": "test", "step": 0},
+        split="made up for the page-state test",
+        val={"before": {}, "after": {}},
+        selective={
+            "score": "msp",
+            "threshold": float(msp[a] + msp[b]) / 2,
+            "target_risk": 0.02,
+            "val": {"coverage": 0.5, "risk": 0.0},
+        },
+        openset={"score": "cosine", "threshold": float(cos[c] + 1) / 2, "known_recall": 0.95},
+        class_means=means.astype(np.float32),
+    )
+    return cal, {"answer": a, "not_sure": b, "unknown": c}
+
+
+@needs_chromium
+def test_page_states_answer_not_sure_and_not_one_of_mine(exported, tmp_path):
+    """The page decides as flowers_jax.trust does: species + %, "Not sure" with 3, or no species."""
+    import shutil
+
+    from PIL import Image
+
+    out, variables = exported
+    photos = images.skimage_photos(count=32, size=SIZE)
+    cal, which = _state_calibration(variables, photos)
+    calibrated = tmp_path / "calibrated"
+    shutil.copytree(out, calibrated)
+    meta = json.loads((calibrated / "metadata.json").read_text())
+    meta["trust"] = cal.for_export()
+    (calibrated / "metadata.json").write_text(json.dumps(meta))
+    cal.class_means.astype("<f4").tofile(calibrated / exporter.CLASS_MEANS_FILE)
+
+    with browser.serve(calibrated) as url:
+        for state, i in which.items():
+            png = tmp_path / f"{state}.png"
+            Image.fromarray(photos[i].astype(np.uint8)).save(png)  # lossless: the page sees these pixels
+            snap = browser.run_page(
+                "upload", url + "?backend=wasm", file=png, screenshot=tmp_path / f"{state}.shot.png"
+            )
+            pixels = browser.snapshot_pixels(snap)
+            ref = exporter.flax_outputs(MODEL, variables, pixels[None])
+            assert cal.decide(ref["logits"], ref["embedding"])[0] == state  # Python's decision for those pixels
+            assert snap["last"]["decision"] == state, (state, snap["last"])
+            assert "calibrated (T = 1.00)" in snap["calibrationText"]
+            if state == "answer":
+                assert snap["verdict"].startswith(snap["last"]["top5"][0]["name"]) and len(snap["shownTop5"]) == 5
+                assert "answer" in snap["verdictClass"]
+            elif state == "not_sure":
+                assert snap["verdict"].startswith("Not sure") and len(snap["shownTop5"]) == 3
+            else:
+                assert snap["verdict"] == f"This doesn't look like one of the {len(CLASSES)} flowers I know."
+                assert snap["shownTop5"] == []
+
+    # An export made before calibration existed (no "trust" in metadata.json) still works and says so.
+    old_export = tmp_path / "old"
+    shutil.copytree(out, old_export)
+    meta = json.loads((old_export / "metadata.json").read_text())
+    del meta["trust"]
+    (old_export / "metadata.json").write_text(json.dumps(meta))
+    with browser.serve(old_export) as url:
+        old = browser.run_page("page", url + "?camera=off")
+    assert old["status"] == "ready" and old["calibrationText"] == "confidence not calibrated"

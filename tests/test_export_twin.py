@@ -59,7 +59,7 @@ def test_twin_matches_flax(name, photos, tmp_path):
         model_json = tfjs.convert(saved, tmp_path / "tfjs")
         fused = json.loads(model_json.read_text())["modelTopology"]["node"]
         assert any("se_reduce" in n["name"] and n["op"] == "_FusedConv2D" for n in fused)
-        logits, _, _ = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")
+        logits = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")[0]["logits"]
         assert testing.relative_error(logits, reference) <= TOL
 
 
@@ -186,7 +186,7 @@ def test_wasm_runs_a_rank4_bias_graph_after_the_fix(tmp_path, monkeypatch):
         parity.run_tfjs_node(unfixed, photos, node_dir=web.NODE_DIR, backend="wasm")
 
     fixed = tfjs.convert(saved, tmp_path / "fixed")
-    logits, _, _ = parity.run_tfjs_node(fixed, photos, node_dir=web.NODE_DIR, backend="wasm")
+    logits = parity.run_tfjs_node(fixed, photos, node_dir=web.NODE_DIR, backend="wasm")[0]["logits"]
     np.testing.assert_allclose(logits, model(photos)["logits"], rtol=1e-4, atol=1e-4)
 
 

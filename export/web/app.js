@@ -1,8 +1,12 @@
-// Flower classifier web demo: camera (or a chosen photo) -> centre square -> TF.js graph model -> top 5.
+// Flower classifier web demo: camera (or a chosen photo) -> centre square -> TF.js graph model -> an
+// answer: the species with its calibrated probability, "Not sure" (top 3), or "not one of mine".
 //
 // Files it expects next to it (the exporter puts them there): metadata.json (class names, input
-// size), tfjs_model/model.json (+ weight shards), vendor/ (TF.js and its wasm binaries).
+// size, and `trust`: temperature and thresholds), tfjs_model/model.json (+ weight shards), vendor/
+// (TF.js and its wasm binaries), class_means.bin when the open-set score is "cosine".
 // The model takes RGB 0-255 and normalises itself: the page never normalises.
+// The model's probabilities output is already softmax(logits / T); the scores below mirror
+// flowers_jax/abstain.py exactly (tests compare the two).
 //
 // URL options: ?backend=wasm (or a list to try in order, e.g. wasm,cpu), ?camera=off (do not open the camera).
 // window.demo exposes the state for tests and benchmarks (see the bottom of this file).
@@ -22,7 +26,9 @@ const state = {
   source: null,           // 'camera' | 'photo'
   running: false,         // camera loop on
   frame: 0,               // predictions made so far
-  last: null,             // {top5: [{index, name, prob}], ms, source, frame}
+  last: null,             // {top5: [{index, name, prob}], decision, scores, ms, source, frame}
+  trust: null,            // metadata.trust: {calibrated, temperature, not_sure, not_a_known_flower}
+  classMeans: null,       // Float32Array [C * D] for the cosine open-set score
   lastPixels: null,       // Uint8ClampedArray RGBA of the size x size input of `last`
   errors: [],
 };
@@ -81,10 +87,74 @@ function backendDetail(name) {
   return `wasm, ${n} thread${n === 1 ? '' : 's'}`;
 }
 
-function renderTop5(top5, ms) {
+// ---- trust: "not sure" and "not one of my flowers" (formulas: flowers_jax/abstain.py) -------
+
+function confidenceScore(name, logits, probs) {
+  const sorted = Array.from(probs).sort((a, b) => b - a);
+  if (name === 'msp') return sorted[0];
+  if (name === 'margin') return sorted[0] - sorted[1];
+  if (name === 'max_logit') return Math.max(...logits);
+  throw new Error(`unknown confidence score ${name}`);
+}
+
+function opensetScore(name, logits, probs, embedding, temperature) {
+  if (name === 'msp' || name === 'max_logit') return confidenceScore(name, logits, probs);
+  if (name === 'energy') {  // T * logsumexp(z / T)
+    const m = Math.max(...logits);
+    let sum = 0;
+    for (const z of logits) sum += Math.exp((z - m) / temperature);
+    return m + temperature * Math.log(sum);
+  }
+  if (name === 'cosine') {  // max over classes of cos(embedding, unit class mean)
+    const d = embedding.length;
+    let norm = 0;
+    for (const v of embedding) norm += v * v;
+    norm = Math.max(Math.sqrt(norm), 1e-12);
+    let best = -Infinity;
+    for (let c = 0; c < state.classMeans.length / d; c++) {
+      let dot = 0;
+      for (let i = 0; i < d; i++) dot += embedding[i] * state.classMeans[c * d + i];
+      best = Math.max(best, dot / norm);
+    }
+    return best;
+  }
+  throw new Error(`unknown open-set score ${name}`);
+}
+
+// "answer" | "not_sure" | "unknown" (as flowers_jax.trust.Calibration.decide), or "uncalibrated".
+function decide(logits, probs, embedding) {
+  const t = state.trust;
+  if (!t || !t.calibrated) return { decision: 'uncalibrated', scores: {} };
+  const known = opensetScore(t.not_a_known_flower.score, logits, probs, embedding, t.temperature);
+  const sure = confidenceScore(t.not_sure.score, logits, probs);
+  let decision = 'answer';
+  if (known < t.not_a_known_flower.threshold) decision = 'unknown';
+  else if (sure < t.not_sure.threshold) decision = 'not_sure';
+  return { decision, scores: { known, sure } };
+}
+
+function renderVerdict(decision, top5) {
+  const box = $('verdict');
+  const n = state.metadata.num_classes;
+  const text = {
+    answer: `${top5[0].name} · ${(top5[0].prob * 100).toFixed(0)}%`,
+    not_sure: 'Not sure. It might be one of these:',
+    unknown: `This doesn't look like one of the ${n} flowers I know.`,
+    uncalibrated: `${top5[0].name}`,
+  }[decision];
+  box.textContent = text;
+  box.className = `verdict ${decision.replace('_', '-')}`;
+  box.hidden = false;
+}
+
+function renderTop5(top5, ms, decision = 'uncalibrated') {
+  renderVerdict(decision, top5);
   const list = $('top5');
+  // Not sure: the three likeliest; not one of mine: no species at all.
+  const shown = decision === 'unknown' ? [] : decision === 'not_sure' ? top5.slice(0, 3) : top5;
+  list.hidden = shown.length === 0;
   list.replaceChildren(
-    ...top5.map(({ name, prob }) => {
+    ...shown.map(({ name, prob }) => {
       const li = document.createElement('li');
       const label = document.createElement('span');
       label.className = 'name';
@@ -111,20 +181,21 @@ async function classify(source, width, height, kind) {
   ctx.imageSmoothingQuality = 'high';
   ctx.drawImage(source, (width - side) / 2, (height - side) / 2, side, side, 0, 0, state.size, state.size);
   const t0 = performance.now();
-  const probs = tf.tidy(() => {
+  const out = tf.tidy(() => {
     const x = tf.browser.fromPixels(canvas).toFloat().expandDims(0);  // RGB 0-255, as the model wants
-    return state.model.predict(x).probabilities;
+    return state.model.predict(x);
   });
-  const p = await probs.data();
-  probs.dispose();
+  const [z, p, e] = await Promise.all([out.logits.data(), out.probabilities.data(), out.embedding.data()]);
+  tf.dispose(Object.values(out));
   const ms = performance.now() - t0;
   const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 5);
   const names = state.metadata.class_names;
   const top5 = order.map((i) => ({ index: i, name: names[i] ?? `class ${i}`, prob: p[i] }));
+  const { decision, scores } = decide(z, p, e);
   state.frame += 1;
-  state.last = { top5, ms, source: kind, frame: state.frame };
+  state.last = { top5, decision, scores, ms, source: kind, frame: state.frame };
   state.lastPixels = ctx.getImageData(0, 0, state.size, state.size).data.slice();
-  renderTop5(top5, ms);
+  renderTop5(top5, ms, decision);
   return state.last;
 }
 
@@ -236,7 +307,16 @@ async function main() {
     );
   }
   state.size = state.metadata.input.size;
+  state.trust = state.metadata.trust || null;  // exports before calibration have none
   $('model-name').textContent = state.metadata.model_name;
+  $('calibration').textContent = state.trust && state.trust.calibrated
+    ? `confidence calibrated (T = ${state.trust.temperature.toFixed(2)})`
+    : 'confidence not calibrated';
+  if (state.trust && state.trust.calibrated && state.trust.not_a_known_flower.score === 'cosine') {
+    const response = await fetch('class_means.bin');
+    if (!response.ok) throw new Error(`Model incomplete: class_means.bin: HTTP ${response.status}`);
+    state.classMeans = new Float32Array(await response.arrayBuffer());
+  }
   setStatus('Loading the model…');
   let loaded;
   try {
@@ -297,6 +377,9 @@ window.demo = {
       backend: state.backend,
       backendText: $('backend').textContent,
       message: $('message').hidden ? '' : $('message').textContent,
+      verdict: $('verdict').hidden ? '' : $('verdict').textContent,
+      verdictClass: $('verdict').className,
+      calibrationText: $('calibration').textContent,
       size: state.size,
       last: state.last,
       shownTop5: Array.from(document.querySelectorAll('#top5 .name'), (el) => el.textContent),

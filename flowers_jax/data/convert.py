@@ -15,6 +15,11 @@ imagelabels.mat and setid.mat (trnid -> train, valid -> val, tstid -> test); the
 is the Oxford label - 1; ids are the Oxford names ("image_00001"). Test keeps its labels unless
 --unlabelled-test (Kaggle's test has none).
 
+`--hold-out-classes K` (either source) leaves K classes (drawn with --hold-out-seed among those
+with training photos) out of train, val and test entirely, renumbers the others 0..C-K-1 with their
+names, and writes the held-out classes' val and test photos, unlabelled, as `val_unknown` and
+`test_unknown`: the open-set ("not one of my flowers") measurement of a model that never saw them.
+
 Each photo is decoded as PIL and browsers do (accurate integer DCT, EXIF orientation applied when
 Pillow is installed), centre-cropped to a square, resized (bilinear, antialiased) and stored as a
 JPEG (quality 95; a JPEG already square at the size is stored byte for byte), shuffled into
@@ -46,6 +51,7 @@ log = logging.getLogger("flowers_jax.data.convert")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 SPLITS = ("train", "val", "test")
+UNKNOWN_SPLITS = ("val_unknown", "test_unknown")  # written by --hold-out-classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +221,36 @@ def oxford_photos(root: str, *, labelled_test: bool = True) -> tuple[list[Photo]
     return photos, competition_class_names(), source
 
 
+def hold_out_classes(
+    photos: list[Photo], class_names: list[str], k: int, *, seed: int = 0
+) -> tuple[list[Photo], list[str], dict]:
+    """Leaves `k` classes out: see the module docstring. Returns (photos, known class names, source info)."""
+    with_train = sorted({p.label for p in photos if p.split == "train" and p.label is not None})
+    if not 0 < k < len(with_train):
+        raise tfrecords.DataError(
+            f"--hold-out-classes {k}: need 0 < K < {len(with_train)} (the classes that have training photos)"
+        )
+    held = sorted(int(c) for c in np.random.default_rng(seed).choice(with_train, size=k, replace=False))
+    known = [c for c in with_train if c not in held]
+    index = {c: i for i, c in enumerate(known)}
+    out = []
+    for p in photos:
+        if p.label in index:
+            out.append(dataclasses.replace(p, label=index[p.label]))
+        elif p.label in held and p.split != "train":
+            out.append(dataclasses.replace(p, split=f"{p.split}_unknown", label=None))
+    source = {
+        "held_out_classes": {
+            "k": k,
+            "seed": seed,
+            "held_out": [{"class": c, "name": class_names[c]} for c in held],
+            "known_from_original": known,
+            "unknown_splits": list(UNKNOWN_SPLITS),
+        }
+    }
+    return out, [class_names[c] for c in known], source
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -316,7 +352,7 @@ def convert(
             tf.io.gfile.rmtree(out)
         start = time.perf_counter()
         splits, id_rows, failed = {}, [], []
-        for split in SPLITS:
+        for split in SPLITS + UNKNOWN_SPLITS:
             members = [i for i, p in enumerate(photos) if p.split == split]
             if not members:
                 continue
@@ -357,7 +393,7 @@ def convert(
         with tf.io.gfile.GFile(os.path.join(out, "ids.csv"), "w") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "split", "label", "source"])
-            writer.writerows(sorted(id_rows, key=lambda r: (SPLITS.index(r[1]), r[0])))
+            writer.writerows(sorted(id_rows, key=lambda r: ((SPLITS + UNKNOWN_SPLITS).index(r[1]), r[0])))
         written[size] = {s: v["num_examples"] for s, v in splits.items()}
         log.info(
             "wrote %s: %s in %.1f s",
@@ -381,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     common.add_argument("--quality", type=int, default=95, help="JPEG quality of the stored images")
     common.add_argument("--overwrite", action="store_true", help="replace an existing tfrecords-jpeg-SxS folder")
     common.add_argument("--strict", action="store_true", help="stop when a photo does not decode (default: skip it)")
+    common.add_argument(
+        "--hold-out-classes", type=int, default=0, help="leave K classes out (open-set measurement; see above)"
+    )
+    common.add_argument("--hold-out-seed", type=int, default=0, help="which K classes --hold-out-classes draws")
     f = sub.add_parser("folder", parents=[common], help="<input>/<class>/*.jpg or <input>/{train,val,test}/<class>/")
     f.add_argument("--val-fraction", type=float, default=0.1, help="share of photos for val (flat layout only)")
     f.add_argument("--test-fraction", type=float, default=0.0, help="share of photos for a labelled test split")
@@ -397,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             photos, names, source = oxford_photos(args.input, labelled_test=not args.unlabelled_test)
+        if args.hold_out_classes:
+            photos, names, held = hold_out_classes(photos, names, args.hold_out_classes, seed=args.hold_out_seed)
+            source = dict(source, **held)
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
         written = convert(
             photos,

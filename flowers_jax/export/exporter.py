@@ -7,11 +7,13 @@ Output folder:
   keras_saved_model/                    the Keras twin's `model.export()` SavedModel
   jax2tf_saved_model/                   the exact JAX function, for TF Serving
   metadata.json  parity.json
+  class_means.bin                       [C, D] float32 class-mean embeddings (with a cosine open-set score)
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import pathlib
@@ -33,7 +35,7 @@ MIN_PARITY_IMAGES = 32
 # float32 limit on |dprob| cannot hold. Such a model is held to top-1 agreement and this.
 FLOAT16_MAX_ABS_PROB = 2e-2
 
-TFJS_DIR, ONNX_FILE = "tfjs_model", "model.onnx"
+TFJS_DIR, ONNX_FILE, CLASS_MEANS_FILE = "tfjs_model", "model.onnx", "class_means.bin"
 KERAS_SAVED_MODEL, JAX2TF_SAVED_MODEL = "keras_saved_model", "jax2tf_saved_model"
 MARKER = ".flowers_jax_export"  # lets overwrite=True delete only folders an export wrote
 
@@ -74,18 +76,26 @@ def _validate(model_name: str, variables: dict, class_names: Sequence[str], imag
     return num_classes
 
 
-def flax_logits(model_name: str, variables: dict, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-    """The reference: logits [N, C] of `models.create(model_name, C).apply` on images [N, S, S, 3]."""
+def flax_outputs(model_name: str, variables: dict, images: np.ndarray, *, batch_size: int = 16) -> parity.Outputs:
+    """The reference: {"logits": [N, C], "embedding": [N, D]} of `models.create(model_name, C)` on
+    images [N, S, S, 3]."""
     num_classes = int(variables["params"]["head"]["predictions"]["kernel"].shape[-1])
-    apply = jax.jit(models.create(model_name, num_classes).apply)
-    return np.concatenate(
-        [np.asarray(apply(variables, images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-    )
+    apply = jax.jit(functools.partial(models.create(model_name, num_classes).apply, with_embedding=True))
+    outs = [apply(variables, images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return {
+        twin.LOGITS: np.concatenate([np.asarray(o[0]) for o in outs]),
+        twin.EMBEDDING: np.concatenate([np.asarray(o[1]) for o in outs]),
+    }
+
+
+def flax_logits(model_name: str, variables: dict, images: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+    """Logits [N, C] of `models.create(model_name, C).apply` on images [N, S, S, 3]."""
+    return flax_outputs(model_name, variables, images, batch_size=batch_size)[twin.LOGITS]
 
 
 def _twin_outputs(keras_model: Any, images: np.ndarray, batch_size: int = 16) -> parity.Outputs:
     outs = [keras_model(images[i : i + batch_size], training=False) for i in range(0, len(images), batch_size)]
-    return tuple(np.concatenate([np.asarray(o[k]) for o in outs]) for k in twin.OUTPUT_NAMES)
+    return {k: np.concatenate([np.asarray(o[k]) for o in outs]) for k in twin.OUTPUT_NAMES}
 
 
 def _sizes(out_dir: pathlib.Path, files: dict[str, str]) -> dict[str, int]:
@@ -111,6 +121,8 @@ def export_model(
     tfjs_backends: Sequence[str] = ("wasm",),
     jax2tf: bool = True,
     overwrite: bool = False,
+    trust: dict[str, Any] | None = None,
+    class_means: np.ndarray | None = None,
 ) -> ExportResult:
     """Exports a trained model and checks every artefact against Flax before reporting success.
 
@@ -129,6 +141,10 @@ def export_model(
       tfjs_backends: TF.js backends to check in Node ("wasm", "cpu").
       jax2tf: also write (and check) the jax2tf SavedModel.
       overwrite: replace an earlier export in out_dir.
+      trust: the calibration (`flowers_jax.trust.Calibration.for_export()`): its temperature is baked
+        into every artefact's probabilities output, the rest goes to metadata.json for the page.
+        None: an uncalibrated export (T = 1; the page says so).
+      class_means: [C, D] for a cosine open-set score, written as class_means.bin.
     Returns:
       ExportResult.
     Raises:
@@ -146,11 +162,12 @@ def export_model(
     def step(msg: str) -> None:
         log.info("[%6.1fs] %s", time.perf_counter() - t0, msg)
 
+    temperature = float(trust["temperature"]) if trust else 1.0
     step(f"Flax reference on {len(images)} images")
-    reference = flax_logits(model_name, variables, images)
-    keras_model = twin.twin_from_variables(model_name, variables, image_size=image_size)
+    reference = flax_outputs(model_name, variables, images)
+    keras_model = twin.twin_from_variables(model_name, variables, image_size=image_size, temperature=temperature)
     runtimes: dict[str, parity.Outputs] = {"keras_twin": _twin_outputs(keras_model, images)}
-    parity.check(parity.compare(reference, runtimes))  # a wrong twin: stop before converting
+    parity.check(parity.compare(reference, runtimes, temperature=temperature))  # a wrong twin: stop now
     step("Keras twin matches Flax; writing its SavedModel")
 
     files = {"keras_saved_model": KERAS_SAVED_MODEL, "tfjs": f"{TFJS_DIR}/model.json", "onnx": ONNX_FILE}
@@ -162,25 +179,30 @@ def export_model(
     if jax2tf:
         step("jax2tf SavedModel")
         savedmodel.export_jax2tf(
-            out_dir / JAX2TF_SAVED_MODEL, model_name=model_name, variables=variables, image_size=image_size
+            out_dir / JAX2TF_SAVED_MODEL,
+            model_name=model_name,
+            variables=variables,
+            image_size=image_size,
+            temperature=temperature,
         )
         files["jax2tf_saved_model"] = JAX2TF_SAVED_MODEL
 
     step("running every artefact on the parity images")
     timings = {}
     for backend in tfjs_backends:
-        logits, probs, ms = parity.run_tfjs_node(model_json, images, node_dir=web.NODE_DIR, backend=backend)
-        runtimes[f"tfjs_node_{backend}"] = (logits, probs)
+        outputs, ms = parity.run_tfjs_node(model_json, images, node_dir=web.NODE_DIR, backend=backend)
+        runtimes[f"tfjs_node_{backend}"] = outputs
         timings[f"tfjs_node_{backend}"] = ms
     runtimes["onnxruntime"] = onnx_export.run(onnx_path, images)
     if jax2tf:
         runtimes["jax2tf_saved_model"] = savedmodel.run_savedmodel(out_dir / JAX2TF_SAVED_MODEL, images)
 
-    report = parity.compare(reference, runtimes)
+    report = parity.compare(reference, runtimes, temperature=temperature)
     report["images"] = {"count": len(images), "size": image_size, "source": parity_images_source}
     report["tfjs_node_ms_per_image"] = timings
     if float16:
         report["thresholds"]["max_abs_prob_overrides"] = {k: FLOAT16_MAX_ABS_PROB for k in timings}
+        report["thresholds"]["max_relative_embedding_error_overrides"] = {k: FLOAT16_MAX_ABS_PROB for k in timings}
     bad = parity.failures(report)
     report["passed"] = not bad
     (out_dir / "parity.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -191,6 +213,9 @@ def export_model(
     step("parity passed; writing metadata.json and the web demo")
 
     web.install(out_dir)
+    if class_means is not None:
+        np.ascontiguousarray(class_means, "<f4").tofile(out_dir / CLASS_MEANS_FILE)
+        files["class_means"] = CLASS_MEANS_FILE
     licences = {"data": metadata.DATA_LICENCE, "code": "Apache-2.0 (flowers_jax)", **(licences or {})}
     licences.setdefault("weights", metadata.weights_licence(checkpoint_info.get("pretrained")))
     meta = metadata.build(
@@ -202,6 +227,8 @@ def export_model(
         licences=licences,
         files=files,
         float16=float16,
+        embedding_dim=int(reference[twin.EMBEDDING].shape[-1]),
+        trust=trust,
     )
     meta["sizes_bytes"] = _sizes(out_dir, {k: v.rsplit("/model.json", 1)[0] for k, v in files.items()})
     meta["num_classes"] = num_classes

@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Sequence
 from typing import Any
 
-from flowers_jax.export.twin import INPUT_NAME, OUTPUT_NAMES
+from flowers_jax.export.twin import EMBEDDING, INPUT_NAME, LOGITS, PROBABILITIES
 
 INPUT_CONTRACT = (
     "RGB float32 in [0, 255], NHWC, square; no normalisation: the model normalises inside. "
@@ -48,6 +48,8 @@ def build(
     licences: dict[str, str],
     files: dict[str, str],
     float16: bool,
+    embedding_dim: int,
+    trust: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata.json dict.
 
@@ -60,6 +62,8 @@ def build(
       licences: {"weights": ..., "data": ..., "code": ...}.
       files: artefact role -> path relative to the export folder.
       float16: whether the TF.js weights are stored as float16.
+      embedding_dim: D of the embedding output.
+      trust: the calibration (`trust_block`), or None for an uncalibrated export.
     """
     return {
         "model_name": model_name,
@@ -73,11 +77,16 @@ def build(
             "layout": "NHWC",
             "contract": INPUT_CONTRACT,
         },
-        "outputs": {OUTPUT_NAMES[0]: "[N, C] float32", OUTPUT_NAMES[1]: "[N, C] float32, softmax of logits"},
+        "outputs": {
+            LOGITS: "[N, C] float32",
+            PROBABILITIES: "[N, C] float32, softmax(logits / T) with T = trust.temperature (1 if uncalibrated)",
+            EMBEDDING: f"[N, {embedding_dim}] float32, the pooled features the head reads (before dropout)",
+        },
         "checkpoint": checkpoint_info,
         "validation_metrics": val_metrics,
         "licences": licences,
         "files": files,
         "tfjs_weights_float16": float16,
+        "trust": trust or {"calibrated": False, "temperature": 1.0},
         "exported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

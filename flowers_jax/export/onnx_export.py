@@ -33,8 +33,8 @@ def convert(saved_model_dir: str | pathlib.Path, out_path: str | pathlib.Path, *
     return out_path
 
 
-def run(onnx_path: str | pathlib.Path, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, C], probabilities [N, C]) from onnxruntime (CPU) on images [N, S, S, 3] RGB in [0, 255]."""
+def run(onnx_path: str | pathlib.Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{output name: [N, ...]} from onnxruntime (CPU) on images [N, S, S, 3] RGB in [0, 255]."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -44,5 +44,5 @@ def run(onnx_path: str | pathlib.Path, images: np.ndarray) -> tuple[np.ndarray, 
         raise RuntimeError(
             f"{onnx_path}: inputs {inputs}, outputs {outputs}; expected {INPUT_NAME!r} -> {OUTPUT_NAMES}"
         )
-    logits, probs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
-    return logits, probs
+    values = session.run(list(OUTPUT_NAMES), {INPUT_NAME: np.ascontiguousarray(images, np.float32)})
+    return dict(zip(OUTPUT_NAMES, values, strict=True))

@@ -1,7 +1,7 @@
 """The two SavedModels: the Keras twin's (source of TF.js and ONNX) and jax2tf's (for TF Serving).
 
 Both have one signature, `serving_default`: image [N, S, S, 3] float32 RGB in [0, 255]
--> {"logits": [N, C], "probabilities": [N, C]}.
+-> {"logits": [N, C], "probabilities": [N, C] (softmax(logits / T)), "embedding": [N, D]}.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from flowers_jax import models
-from flowers_jax.export.twin import INPUT_NAME, OUTPUT_NAMES
+from flowers_jax.export.twin import EMBEDDING, INPUT_NAME, LOGITS, OUTPUT_NAMES, PROBABILITIES
 
 # Where the jax2tf SavedModel may run. Native serialisation stores StableHLO lowered for
 # each listed platform; by default only the exporting machine's would be stored, and a
@@ -35,6 +35,7 @@ def export_jax2tf(
     model_name: str,
     variables: dict,
     image_size: int,
+    temperature: float = 1.0,
     platforms: Sequence[str] = SERVING_PLATFORMS,
 ) -> pathlib.Path:
     """The exact JAX function as a SavedModel (one XlaCallModule op; fine in TF Serving).
@@ -50,8 +51,8 @@ def export_jax2tf(
     model = models.create(model_name, num_classes, depthwise_impl="conv")
 
     def predict(variables: dict, images: jax.Array) -> dict[str, jax.Array]:
-        logits = model.apply(variables, images, train=False)
-        return {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: jax.nn.softmax(logits)}
+        logits, embedding = model.apply(variables, images, train=False, with_embedding=True)
+        return {LOGITS: logits, PROBABILITIES: jax.nn.softmax(logits / temperature), EMBEDDING: embedding}
 
     converted = jax2tf.convert(
         predict,
@@ -79,10 +80,10 @@ def export_jax2tf(
 
 def run_savedmodel(
     saved_model_dir: str | pathlib.Path, images: np.ndarray, *, batch_size: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """(logits [N, C], probabilities [N, C]) of a SavedModel's `serving_default` on images [N, S, S, 3]."""
+) -> dict[str, np.ndarray]:
+    """{output name: [N, ...]} of a SavedModel's `serving_default` on images [N, S, S, 3]."""
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(saved_model_dir)).signatures["serving_default"]
     outs = [fn(**{INPUT_NAME: tf.constant(images[i : i + batch_size])}) for i in range(0, len(images), batch_size)]
-    return tuple(np.concatenate([o[k].numpy() for o in outs]) for k in OUTPUT_NAMES)
+    return {k: np.concatenate([o[k].numpy() for o in outs]) for k in OUTPUT_NAMES}

@@ -11,7 +11,7 @@ import sys
 import types
 from typing import Any
 
-from flowers_jax.export.twin import OUTPUT_NAMES
+from flowers_jax.export.twin import EMBEDDING, LOGITS, OUTPUT_NAMES, PROBABILITIES
 
 # Ops whose extra inputs (input[2:]) are the fused bias/activation arguments.
 _FUSED_OPS = ("_FusedConv2D", "FusedDepthwiseConv2dNative")
@@ -22,7 +22,7 @@ def _converter() -> Any:
 
     tensorflowjs 4.22 (its last release) imports `tensorflow_decision_forests` at module
     level only so that TF-DF's custom ops are registered; TF-DF has no build for TF 2.21
-    and installing it drags in an older TF (DESIGN.md). We convert no TF-DF model, so an
+    and installing it drags in an older TF (docs/design.md, §export). We convert no TF-DF model, so an
     empty stand-in module, inserted only if the real one is absent, is all it needs.
     """
     if "tensorflow_decision_forests" not in sys.modules:
@@ -70,10 +70,11 @@ def order_outputs_by_name(model_json: str | pathlib.Path) -> list[str]:
     """Lists `signature.outputs` in the order of `structuredOutputKeys`, so TF.js names them right.
 
     TF.js's `GraphModel.predict` pairs the i-th output node (the key order of
-    `signature.outputs`) with the i-th structured key (sorted: logits, probabilities),
-    but the converter writes `signature.outputs` from a protobuf map in no set order:
-    measured here, `predict(x).logits` came back holding the softmax. Which node is which
-    is read from the graph itself: the probabilities output is fed by the Softmax op.
+    `signature.outputs`) with the i-th structured key (sorted: embedding, logits,
+    probabilities), but the converter writes `signature.outputs` from a protobuf map in no
+    set order: measured here, `predict(x).logits` came back holding the softmax. Which node
+    is which is read from the graph itself: the probabilities output is fed by the Softmax
+    op, the embedding by the global average pool's Mean, the logits by the rest.
 
     Returns:
       The output node names in their new order.
@@ -81,8 +82,8 @@ def order_outputs_by_name(model_json: str | pathlib.Path) -> list[str]:
     path = pathlib.Path(model_json)
     model = json.loads(path.read_text())
     keys = model.get("userDefinedMetadata", {}).get("structuredOutputKeys")
-    if keys != list(OUTPUT_NAMES):
-        raise RuntimeError(f"{path}: structuredOutputKeys {keys}, expected {list(OUTPUT_NAMES)}")
+    if not keys or not set(keys) <= set(OUTPUT_NAMES) or keys != sorted(keys):
+        raise RuntimeError(f"{path}: structuredOutputKeys {keys}, expected (some of) {list(OUTPUT_NAMES)}")
     nodes = {n["name"]: n for n in model["modelTopology"]["node"]}
     outputs = model["signature"]["outputs"]
 
@@ -90,21 +91,23 @@ def order_outputs_by_name(model_json: str | pathlib.Path) -> list[str]:
         node = nodes[tensor_name.split(":")[0]]
         while node["op"] == "Identity":  # outputs are Identity nodes over the real op
             node = nodes[node["input"][0].split(":")[0]]
-        return OUTPUT_NAMES[1] if node["op"] == "Softmax" else OUTPUT_NAMES[0]
+        return {"Softmax": PROBABILITIES, "Mean": EMBEDDING}.get(node["op"], LOGITS)
 
-    by_role = {role(name): name for name in outputs}
-    if sorted(by_role) != sorted(OUTPUT_NAMES):
-        raise RuntimeError(f"{path}: cannot tell logits from probabilities among outputs {list(outputs)}")
-    model["signature"]["outputs"] = {by_role[k]: outputs[by_role[k]] for k in OUTPUT_NAMES}
+    # Keyed by tensor name ("Identity_1:0"), or sometimes by the output's own name; the value's
+    # "name" is always the tensor.
+    by_role = {role(spec.get("name", key)): key for key, spec in outputs.items()}
+    if sorted(by_role) != keys:
+        raise RuntimeError(f"{path}: cannot tell {keys} apart among outputs {list(outputs)}")
+    model["signature"]["outputs"] = {by_role[k]: outputs[by_role[k]] for k in keys}
     path.write_text(json.dumps(model))
-    return [by_role[k] for k in OUTPUT_NAMES]
+    return [by_role[k] for k in keys]
 
 
 def make_fused_biases_rank1(model_json: str | pathlib.Path) -> list[str]:
     """Re-declares [1, 1, 1, C] constants feeding fused convolutions as [C] (same bytes).
 
     When a graph adds a convolution's bias as a [1, 1, 1, C] constant (Keras 3 adds biases by
-    reshape + add; DESIGN.md met it in keras.applications EfficientNetB0's squeeze-excite
+    reshape + add; it was met in keras.applications EfficientNetB0's squeeze-excite
     convolutions), the converter fuses that add into `_FusedConv2D` with a rank-4 bias, and
     TF.js's wasm backend refuses the model ("FusedConv2D only supports rank-1 bias but got
     rank 4") while webgl and cpu accept it. No converter option avoids this, so the shapes

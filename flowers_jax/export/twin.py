@@ -1,15 +1,16 @@
 """The Keras 3 twin: the same network as our Flax model, built from the same architecture table.
 
-TF.js and ONNX cannot take a jax2tf graph (it is one `XlaCallModule` op; DESIGN.md
-decision 6), so the trained variables are copied into a Keras model of identical
+TF.js and ONNX cannot take a jax2tf graph (it is one `XlaCallModule` op; docs/design.md,
+§export), so the trained variables are copied into a Keras model of identical
 structure and layer names, and the converters read that. Layer names are the Flax
 ones, so `pretrained.keras_names.keras_key` -- the map that imports Keras weights --
 is also the map that exports them (read backwards; its layout transforms are their
 own inverse).
 
-    twin = build_twin("efficientnet_b0", num_classes=104, image_size=224, mean=m, std=s)
+    twin = build_twin("efficientnet_b0", num_classes=104, image_size=224, mean=m, std=s, temperature=T)
     copy_variables(twin, "efficientnet_b0", variables)
-    out = twin(images)   # {"logits": [N, 104], "probabilities": [N, 104]}; images RGB in [0, 255]
+    out = twin(images)   # {"logits": [N, 104], "probabilities": [N, 104], "embedding": [N, 1280]}
+                         # probabilities = softmax(logits / T); images RGB in [0, 255]
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from flowers_jax.pretrained import keras_names
 from flowers_jax.pretrained.porting import LoadReport, WeightMismatchError, port
 
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
+LOGITS, PROBABILITIES, EMBEDDING = "logits", "probabilities", "embedding"
+# Sorted: the order of a SavedModel's structured outputs, hence of TF.js's and ONNX's.
+OUTPUT_NAMES = tuple(sorted((LOGITS, PROBABILITIES, EMBEDDING)))
 
 # Families and activations the builder below knows how to spell in Keras.
 _FAMILIES = ("efficientnet", "mobilenet_v2")
@@ -78,7 +81,13 @@ def _block(x: Any, spec: BlockSpec, arch: Arch, layers: Any) -> Any:
 
 
 def build_twin(
-    model_name: str, *, num_classes: int, image_size: int, mean: Sequence[float], std: Sequence[float]
+    model_name: str,
+    *,
+    num_classes: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    temperature: float = 1.0,
 ) -> Any:
     """The Keras 3 functional model of `models.create(model_name, num_classes)` at inference.
 
@@ -89,8 +98,10 @@ def build_twin(
         converters can fold shapes.
       mean, std: the `preprocess` variables ([3] each, [0, 255] units), baked in as the first
         layer so the twin, like the Flax model, takes raw RGB in [0, 255].
+      temperature: the calibration temperature T baked into the probabilities output.
     Returns:
-      keras.Model: image [N, S, S, 3] float32 -> {"logits": [N, C], "probabilities": [N, C]}.
+      keras.Model: image [N, S, S, 3] float32 -> {"logits": [N, C], "probabilities": [N, C]
+      (softmax(logits / T)), "embedding": [N, D] (the pooled features the head reads)}.
       TF-style "SAME" padding everywhere (XLA's, hence Flax's, rule: the extra row/column of a
       stride-2 convolution goes at the bottom/right).
     Raises:
@@ -100,7 +111,7 @@ def build_twin(
 
     if keras.backend.backend() != "tensorflow":
         # On the JAX backend `model.export()` goes through jax2tf and writes the XlaCallModule
-        # op that the TF.js and ONNX converters reject (DESIGN.md decision 6).
+        # op that the TF.js and ONNX converters reject (docs/design.md, §export).
         raise RuntimeError(
             f"the Keras twin needs Keras's TensorFlow backend, this process has {keras.backend.backend()!r}: "
             "set KERAS_BACKEND=tensorflow before keras is first imported"
@@ -122,10 +133,12 @@ def build_twin(
     x = layers.Conv2D(arch.top_ch, 1, padding="same", use_bias=False, name=n.top_conv)(x)
     x = layers.BatchNormalization(epsilon=arch.bn_epsilon, momentum=arch.bn_momentum, name=n.top_bn)(x)
     x = layers.Activation(act, name=n.top_bn + "_act")(x)
-    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    logits = layers.Dense(num_classes, name="predictions")(x)
-    probabilities = layers.Softmax(name="probabilities")(logits)
-    return keras.Model(images, {OUTPUT_NAMES[0]: logits, OUTPUT_NAMES[1]: probabilities}, name=f"{model_name}_twin")
+    embedding = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logits = layers.Dense(num_classes, name="predictions")(embedding)
+    scaled = logits if temperature == 1.0 else layers.Rescaling(1.0 / temperature, name="temperature")(logits)
+    probabilities = layers.Softmax(name="probabilities")(scaled)
+    outputs = {LOGITS: logits, PROBABILITIES: probabilities, EMBEDDING: embedding}
+    return keras.Model(images, outputs, name=f"{model_name}_twin")
 
 
 def _twin_weights(twin: Any) -> dict[str, Any]:
@@ -205,7 +218,7 @@ def _check_preprocess(twin: Any, preprocess: dict) -> None:
             )
 
 
-def twin_from_variables(model_name: str, variables: dict, *, image_size: int) -> Any:
+def twin_from_variables(model_name: str, variables: dict, *, image_size: int, temperature: float = 1.0) -> Any:
     """`build_twin` + `copy_variables`: the Keras twin holding `variables` (head size read from them)."""
     check_supported(model_name)
     try:
@@ -217,7 +230,12 @@ def twin_from_variables(model_name: str, variables: dict, *, image_size: int) ->
             "'batch_stats', 'preprocess'}} as models.create(...).init returns"
         ) from e
     twin = build_twin(
-        model_name, num_classes=int(kernel.shape[-1]), image_size=image_size, mean=pre["mean"], std=pre["std"]
+        model_name,
+        num_classes=int(kernel.shape[-1]),
+        image_size=image_size,
+        mean=pre["mean"],
+        std=pre["std"],
+        temperature=temperature,
     )
     copy_variables(twin, model_name, variables)
     return twin

@@ -25,10 +25,13 @@ class Head(nn.Module):
     dropout_rate: float
 
     @nn.compact
-    def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
-        x = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="predictions")(x)
+    def __call__(
+        self, features: jax.Array, *, train: bool = False, with_embedding: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        embedding = jnp.mean(features.astype(jnp.float32), axis=(1, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(embedding)
+        logits = nn.Dense(self.num_classes, name="predictions")(x)
+        return (logits, embedding) if with_embedding else logits
 
 
 class Classifier(nn.Module):
@@ -42,7 +45,14 @@ class Classifier(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool = False, update_batch_stats: bool | None = None) -> jax.Array:
+    def __call__(
+        self,
+        images: jax.Array,
+        *,
+        train: bool = False,
+        update_batch_stats: bool | None = None,
+        with_embedding: bool = False,
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
         """Logits of `images`.
 
         Args:
@@ -51,11 +61,15 @@ class Classifier(nn.Module):
           update_batch_stats: BatchNorm normalises with (and updates) batch statistics;
             defaults to `train`. False while training = frozen BatchNorm, which is a
             separate choice from freezing parameters.
+          with_embedding: also return the pooled embedding the head reads.
         Returns:
-          [N, num_classes] float32 logits.
+          [N, num_classes] float32 logits; with `with_embedding`, (logits, embedding [N, D] float32),
+          D the backbone's last width (1280 for EfficientNet-B0/Lite0).
         """
         mean = self.variable("preprocess", "mean", lambda: jnp.asarray(self.input_mean, jnp.float32))
         std = self.variable("preprocess", "std", lambda: jnp.asarray(self.input_std, jnp.float32))
         x = ((images - mean.value) / std.value).astype(self.dtype)
         features = self.backbone(x, train=train, update_batch_stats=update_batch_stats)
-        return Head(self.num_classes, self.dropout_rate, name="head")(features, train=train)
+        return Head(self.num_classes, self.dropout_rate, name="head")(
+            features, train=train, with_embedding=with_embedding
+        )
