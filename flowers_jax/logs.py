@@ -17,13 +17,19 @@ METRICS_FILE = "metrics.jsonl"
 class MetricWriter:
     """Appends {"step", "split", ...} records to <workdir>/metrics.jsonl and TensorBoard."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, *, resume_step: int | None = None):
+        """`resume_step`: the checkpoint step a resumed run starts from. The rows written after it
+        by the run that stopped are dropped, since the resumed run writes those steps again."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, METRICS_FILE)
         self._tb = None
         if self.enabled:
             import tensorflow as tf  # TensorBoard's event writer; tf is already the input pipeline's
 
+            if resume_step is not None and tf.io.gfile.exists(self.path):
+                kept = [r for r in read_metrics(workdir) if r["step"] <= resume_step]
+                with tf.io.gfile.GFile(self.path, "w") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in kept))
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, values: dict[str, Any]) -> None:

@@ -125,7 +125,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("resuming from %s at step %d (stage %d)", workdir, step, meta["stage_index"])
     else:
         step, meta = 0, _fresh_meta(config)
-    writer = logs.MetricWriter(workdir)
+    writer = logs.MetricWriter(workdir, resume_step=step if found else None)
     train_iter = data.train_iterator(config, mesh=mesh, start_step=step)
     use_ema = config.ema_decay > 0
     eval_step = jax.jit(make_eval_step(model, use_ema=use_ema), in_shardings=(repl, sharded), out_shardings=repl)

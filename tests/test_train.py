@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from training_runs import ROOT, TINY, env, main_command, run
 
-from flowers_jax import checkpoint, inference, train
+from flowers_jax import checkpoint, inference, logs, train
 
 
 def _train_losses(workdir) -> list[float]:
@@ -61,6 +61,22 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     step_b, params_b = _final_params(killed)
     assert step_a == step_b == 24
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_a, params_b)
+    # metrics.jsonl: the steps replayed after the resume are not written twice.
+    rows = [(r["step"], r["split"]) for r in logs.read_metrics(str(killed))]
+    assert len(rows) == len(set(rows)) and sorted(rows) == sorted(
+        (r["step"], r["split"]) for r in logs.read_metrics(str(straight))
+    )
+
+
+def test_metric_rows_after_the_resume_step_are_dropped(tmp_path):
+    writer = logs.MetricWriter(str(tmp_path))
+    for step in range(1, 6):
+        writer.write(step, "train", {"loss": float(step)})
+    writer.close()
+    resumed = logs.MetricWriter(str(tmp_path), resume_step=3)  # the run restarts after its step-3 save
+    resumed.write(4, "train", {"loss": 4.0})
+    resumed.close()
+    assert [r["step"] for r in logs.read_metrics(str(tmp_path))] == [1, 2, 3, 4]
 
 
 @pytest.fixture(scope="module")
