@@ -11,6 +11,8 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
@@ -33,18 +35,32 @@ def _manager(
 ) -> ocp.CheckpointManager:
     """The trainer's manager of one series, or (`read_only`) a reader's: one that never creates a
     folder, deletes a step or cleans up the temporary folder of a save in flight (the trainer's)."""
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else max_to_keep,
-        create=not read_only,
-        read_only=read_only,
-        enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=not read_only,
-        # Orbax names its cross-process barriers after the step directory ("async_write_complete.8"):
-        # "latest" and "best" saving the same step at once would join one barrier twice and fail
-        # multi-host runs ("Barrier ... is already ongoing"). A per-series prefix keeps them apart.
-        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
-    )
-    return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+    # A read-only manager logs WARNINGs on every look-up ("Given directory is read only",
+    # "setting save_interval_steps=0") that say nothing wrong; they are kept out of the output.
+    with _absl_level(logging.ERROR) if read_only else contextlib.nullcontext():
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else max_to_keep,
+            create=not read_only,
+            read_only=read_only,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+            # Orbax names its cross-process barriers after the step directory ("async_write_complete.8"):
+            # "latest" and "best" saving the same step at once would join one barrier twice and fail
+            # multi-host runs ("Barrier ... is already ongoing"). A per-series prefix keeps them apart.
+            multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
+        )
+        return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+@contextlib.contextmanager
+def _absl_level(level: int):
+    logger = logging.getLogger("absl")
+    old = logger.level
+    logger.setLevel(max(level, old))
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 class Checkpoints:
@@ -95,6 +111,8 @@ def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
     if which in ("best", "latest"):
         step = manager.latest_step()
     else:
+        if not str(which).isdigit():
+            raise CheckpointError(f"--checkpoint must be best, latest or a step number, got {which!r}")
         step = int(which)
         if step not in manager.all_steps():
             raise CheckpointError(f"{workdir}: no checkpoint at step {step}; have {sorted(manager.all_steps())}")

@@ -234,3 +234,22 @@ def test_split_folders_of_globs_and_sizes_are_distinct():
     config = ml_collections.ConfigDict({"data": {"image_size": 288}})
     assert evaluation.split_dir_name("val", config, 256) == "val@288px"
     assert evaluation.split_dir_name("val", config, 288) == "val"
+
+
+def test_latest_falls_back_past_an_unreadable_step_and_bad_checkpoint_values_are_named(smoke_workdir, tmp_path):
+    import shutil
+
+    from flowers_jax import checkpoint, inference
+
+    workdir = tmp_path / "w"
+    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("eval", "predict"))
+    latest = workdir / "checkpoints" / "latest"
+    steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit())
+    assert len(steps) >= 2
+    shutil.rmtree(latest / str(steps[-1]) / "state")  # e.g. deleted by a trainer's max_to_keep mid-read
+    _, _, info = inference.load_for_inference(str(workdir), "latest")
+    assert info["step"] == steps[-2]
+    with pytest.raises(checkpoint.CheckpointError, match=rf"no checkpoint at step 99999; have {steps}"):
+        inference.load_for_inference(str(workdir), "99999")
+    with pytest.raises(checkpoint.CheckpointError, match="must be best, latest or a step number, got 'abc'"):
+        inference.load_for_inference(str(workdir), "abc")
