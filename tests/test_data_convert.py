@@ -245,3 +245,9 @@ def test_oxford_hold_out_classes(tmp_path):
             assert set(got) == want and all(r["label"] is None for r in got.values())
     with pytest.raises(DataError, match="need 0 < K <"):
         convert.hold_out_classes(convert.oxford_photos(str(tmp_path))[0], class_names(), 99)
+
+
+def test_oxford_labels_csv_with_nothing_present_says_so(tmp_path):
+    (tmp_path / "labels.csv").write_text("filename,present,label,split\njpg/image_00001.jpg,0,1,train\n")
+    with pytest.raises(DataError, match=r"all 1 rows have present=0"):
+        convert.oxford_photos(str(tmp_path))

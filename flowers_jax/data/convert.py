@@ -191,6 +191,11 @@ def oxford_photos(root: str, *, labelled_test: bool = True) -> tuple[list[Photo]
             if r.get("present", "1") == "1":
                 rows.setdefault(r["filename"], (int(r["label"]), r["split"]))
         how.append("labels.csv")
+        if not rows:
+            raise tfrecords.DataError(
+                f"{csv_path}: all {len(table)} rows have present=0 (no photo is marked as present), and there "
+                "are no imagelabels.mat + setid.mat beside it; mark the photos you have with present=1"
+            )
     if not rows:
         raise tfrecords.DataError(
             f"{root!r} has neither labels.csv nor imagelabels.mat + setid.mat (Oxford-102 layout)"
