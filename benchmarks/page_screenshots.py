@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 def photo_file(spec: str, tmp: pathlib.Path) -> pathlib.Path:
     """A JPEG path for a photo spec (a path, or skimage:NAME written to a temporary JPEG)."""
     if not spec.startswith("skimage:"):
-        return pathlib.Path(spec)
+        return pathlib.Path(spec).resolve()  # the browser driver runs in export/
     from PIL import Image
 
     from benchmarks.trust import load_non_flower

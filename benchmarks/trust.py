@@ -184,6 +184,69 @@ def diagnose(config, workdir: str, sizes: list[int]) -> dict:
     return out
 
 
+def markdown(r: dict) -> str:
+    """The README's tables from one run's results."""
+    t, cal = r["test"], r["calibration"]
+    u, c = t["uncalibrated"], t["calibrated"]
+    size = r["image_size"]
+    lines = [
+        f"Calibration, at {size} px (val chose it: val accuracy "
+        + ", ".join(f"{k}: {v:.4f}" for k, v in (r["val_accuracy_by_size"] or {}).items())
+        + f"), T = {cal['temperature']:.4f} fitted on val ({cal['val']['examples']} photos):",
+        "",
+        "| split | T | accuracy | ECE | adaptive ECE | NLL | Brier | mean top probability |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m, temp, acc in (
+        ("val, before", cal["val"]["before"], 1.0, None),
+        ("val, after", cal["val"]["after"], cal["temperature"], None),
+        (f"test ({t['examples']}), before", u, 1.0, t["accuracy"]),
+        (f"test ({t['examples']}), after", c, cal["temperature"], t["accuracy"]),
+    ):
+        a = f"{acc:.4f}" if acc is not None else "–"
+        lines.append(
+            f"| {name} | {temp:.4f} | {a} | {m['ece']:.4f} | {m['adaptive_ece']:.4f} | {m['nll']:.4f} | "
+            f"{m['brier']:.4f} | {m['mean_confidence']:.4f} |"
+        )
+    sel, vsel = t["selective"], cal["selective"]
+    lines += [
+        "",
+        '| "not sure" score (val AURC) | threshold (val, 2% risk) | val coverage / risk | '
+        "test coverage / risk | test AURC |",
+        "|---|---|---|---|---|",
+        f"| {sel['score']} (" + ", ".join(f"{k} {v['aurc']:.4f}" for k, v in vsel["candidates"].items()) + ") | "
+        f"{sel['threshold']:.4f} | {vsel['val']['coverage']:.4f} / {vsel['val']['risk']:.4f} | "
+        f"{sel['coverage']:.4f} / {sel['risk']:.4f} | {sel['aurc']:.4f} |",
+    ]
+    if "leave_out" in r:
+        lo = r["leave_out"]
+        lines += [
+            "",
+            f"Open set, leave-20-classes-out model at {lo['image_size']} px "
+            f"(T = {lo['temperature']:.4f} from its val):",
+            "",
+            "| score | val AUROC (chooses) | test AUROC | test FPR at 95% TPR |",
+            "|---|---|---|---|",
+        ]
+        for name in lo["val"]:
+            mark = " **(chosen)**" if name == lo["chosen"] else (" (baseline)" if name == "msp" else "")
+            lines.append(
+                f"| {name}{mark} | {lo['val'][name]['auroc']:.4f} | {lo['test'][name]['auroc']:.4f} | "
+                f"{lo['test'][name]['fpr_at_95_tpr']:.4f} |"
+            )
+    nf = r["non_flowers"]
+    lines += [
+        "",
+        f'"Not one of my flowers" with {cal["openset"]["score"]} < {cal["openset"]["threshold"]:.4f} (keeps '
+        f"{cal['openset']['known_recall']:.0%} of val flowers): test flowers flagged "
+        f"{t['openset']['flagged_not_a_known_flower']:.4f}; packaged non-flower photos flagged "
+        f"{nf['flagged']:.4f} ({round(nf['flagged'] * nf['photos'])} of {nf['photos']}; not flagged: "
+        + (", ".join(n for n, d in nf["per_photo"].items() if d != "unknown") or "none")
+        + ").",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a configs/oxford102.py run")
@@ -248,6 +311,7 @@ def main() -> None:
     )
     with open(os.path.join(args.workdir, "trust_results.json"), "w") as f:
         json.dump(results, f, indent=2, default=float)
+    print("\n" + markdown(results))
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
         trained_size = oxford102.get_config().data.image_size

@@ -196,17 +196,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(result: exporter.ExportResult) -> str:
     """Parity table, sizes and how to open the demo."""
-    rows = [f"{'runtime':<22}{'max|dlogit|':>13}{'max|dprob|':>13}{'top-1':>8}{'top-5':>8}"]
+    rows = [f"{'runtime':<22}{'max|dlogit|':>13}{'max|dprob|':>13}{'emb rel err':>13}{'top-1':>8}{'top-5':>8}"]
     for name, r in result.parity["runtimes"].items():
         top5 = r.get("top5_agreement", float("nan"))
         rows.append(
-            f"{name:<22}{r['max_abs_logit']:>13.3g}{r['max_abs_prob']:>13.3g}{r['top1_agreement']:>8.0%}{top5:>8.0%}"
+            f"{name:<22}{r['max_abs_logit']:>13.3g}{r['max_abs_prob']:>13.3g}{r['relative_embedding_error']:>13.3g}"
+            f"{r['top1_agreement']:>8.0%}{top5:>8.0%}"
         )
+    trust = result.metadata["trust"]
+    calibrated = (
+        f"calibrated: probabilities = softmax(logits / {trust['temperature']:.4f}); 'not sure' and 'not one of "
+        "mine' thresholds in metadata.json"
+        if trust["calibrated"]
+        else "not calibrated (no W/calibration.json): the page says so"
+    )
     sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in result.metadata["sizes_bytes"].items())
     return (
         f"\nParity on {result.parity['images']['count']} photos ({result.parity['images']['source']}):\n"
         + "\n".join(rows)
-        + f"\nSizes: {sizes}\nWeb demo: cd {result.out_dir} && python -m http.server 8000  "
+        + f"\nConfidence {calibrated}\nSizes: {sizes}\nWeb demo: cd {result.out_dir} && python -m http.server 8000  "
         "# then open http://localhost:8000"
     )
 

@@ -218,6 +218,10 @@ def evaluate(
         "aurc": curve.aurc,
         **curve.at(cal.selective["threshold"], s, correct),
     }
+    # What this split's own curve allows (a report figure, never a threshold to use): the largest
+    # coverage at which its answered photos have at most the target risk.
+    best = abstain.threshold_for_risk(s, correct, cal.selective["target_risk"])
+    out["selective"]["coverage_at_target_risk_on_this_split"] = curve.at(best, s, correct)["coverage"]
     decisions = cal.decide(logits, embeddings)
     out["openset"] = {
         "score": cal.openset["score"],

@@ -137,7 +137,8 @@ function renderVerdict(decision, top5) {
   const box = $('verdict');
   const n = state.metadata.num_classes;
   const text = {
-    answer: `${top5[0].name} · ${(top5[0].prob * 100).toFixed(0)}%`,
+    // A calibrated 99.96% is not certainty: never round it up to "100%".
+    answer: `${top5[0].name} · ${top5[0].prob >= 0.999 ? '> 99.9' : (top5[0].prob * 100).toFixed(1)}%`,
     not_sure: 'Not sure. It might be one of these:',
     unknown: `This doesn't look like one of the ${n} flowers I know.`,
     uncalibrated: `${top5[0].name}`,
