@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 
 import jax
@@ -249,7 +250,7 @@ def test_latest_falls_back_past_an_unreadable_step_and_bad_checkpoint_values_are
     shutil.rmtree(latest / str(steps[-1]) / "state")  # e.g. deleted by a trainer's max_to_keep mid-read
     _, _, info = inference.load_for_inference(str(workdir), "latest")
     assert info["step"] == steps[-2]
-    with pytest.raises(checkpoint.CheckpointError, match=rf"no checkpoint at step 99999; have {steps}"):
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(f"no checkpoint at step 99999; have {steps}")):
         inference.load_for_inference(str(workdir), "99999")
     with pytest.raises(checkpoint.CheckpointError, match="must be best, latest or a step number, got 'abc'"):
         inference.load_for_inference(str(workdir), "abc")

@@ -283,6 +283,14 @@ def test_page_states_answer_not_sure_and_not_one_of_mine(exported, tmp_path):
                 assert snap["verdict"] == f"This doesn't look like one of the {len(CLASSES)} flowers I know."
                 assert snap["shownTop5"] == []
 
+        # The same through the fake rear camera (its 4:2:0 video moves pixels a little; C is far from
+        # the threshold): the camera loop's frames get the "not one of mine" answer too.
+        video = browser.write_y4m(tmp_path / "unknown.y4m", photos[which["unknown"]].astype(np.uint8))
+        snap = browser.run_page("camera", url + "?backend=wasm", video=video)
+        ref = exporter.flax_outputs(MODEL, variables, browser.snapshot_pixels(snap)[None])
+        assert snap["last"]["source"] == "camera"
+        assert snap["last"]["decision"] == cal.decide(ref["logits"], ref["embedding"])[0] == "unknown"
+
     # An export made before calibration existed (no "trust" in metadata.json) still works and says so.
     old_export = tmp_path / "old"
     shutil.copytree(out, old_export)
