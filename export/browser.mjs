@@ -6,6 +6,16 @@
 //                                  (the page after start-up; --deny-camera: the user refuses the camera)
 //   node export/browser.mjs bench  --url 'http://127.0.0.1:PORT/?camera=off&backend=wasm' [--frames 20]
 //
+// Any mode also takes:
+//   --cores N            the page sees navigator.hardwareConcurrency = N (DevTools protocol
+//                        Emulation.setHardwareConcurrencyOverride), to test TF.js's wasm thread rule
+//   --spki B64           trust the https server whose certificate has this public-key hash
+//                        (base64 SHA-256 of its SPKI), as a device that installed the local CA would
+//   --ignore-https-errors  an untrusted certificate the user clicked through (the page loads; no
+//                        service worker may register)
+//   --profile DIR        keep the browser profile in DIR (service worker + its cache survive between runs)
+//   --wait-offline       wait until the page has decided whether it works offline (its service worker)
+//
 // camera: Chromium's fake camera plays the .y4m file; waits for a prediction on a camera frame.
 // upload: no camera at all (as on a desktop without one); chooses the file in the page's file input.
 // Output: window.demo.snapshot() (what the page shows + the pixels it fed the model) or the
@@ -28,6 +38,11 @@ const { positionals, values: args } = parseArgs({
     timeout: { type: 'string', default: '120000' },
     'min-frame': { type: 'string', default: '3' },
     'deny-camera': { type: 'boolean', default: false },
+    cores: { type: 'string' },
+    spki: { type: 'string' },
+    'ignore-https-errors': { type: 'boolean', default: false },
+    profile: { type: 'string' },
+    'wait-offline': { type: 'boolean', default: false },
   },
 });
 const mode = positionals[0];
@@ -48,6 +63,7 @@ const flags = [
   '--disable-component-update',
   '--disable-sync',
 ];
+if (args.spki) flags.push(`--ignore-certificate-errors-spki-list=${args.spki}`);
 if (args['deny-camera']) {
   // A camera exists, and the (fake) permission prompt answers "Block".
   flags.push('--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream=deny');
@@ -61,12 +77,13 @@ if (args['deny-camera']) {
 }
 
 async function main() {
-  // A fresh, empty profile for every run.
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'flowers-chromium-'));
+  // A fresh, empty profile for every run, unless --profile names one to keep.
+  const profile = args.profile || fs.mkdtempSync(path.join(os.tmpdir(), 'flowers-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: args.chromium,
     headless: true,
     args: flags,
+    ignoreHTTPSErrors: args['ignore-https-errors'],
     viewport: { width: 412, height: 915 },  // a phone-sized screen
     deviceScaleFactor: 1,
   });
@@ -77,8 +94,13 @@ async function main() {
       if (m.type() === 'error' || m.type() === 'warning') console_.push(`${m.type()}: ${m.text()}`);
     });
     page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
+    if (args.cores) {
+      const cdp = await context.newCDPSession(page);
+      await cdp.send('Emulation.setHardwareConcurrencyOverride', { hardwareConcurrency: Number(args.cores) });
+    }
     await page.goto(args.url, { timeout });
     await page.waitForFunction(() => window.demo && window.demo.state.status !== 'loading', null, { timeout });
+    if (args['wait-offline']) await page.evaluate(() => window.demo.state.offlineDone);
     let result;
     if (mode === 'camera') {
       const minFrame = Number(args['min-frame']);
@@ -108,7 +130,7 @@ async function main() {
     console.log(JSON.stringify(result));
   } finally {
     await context.close();
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (!args.profile) fs.rmSync(profile, { recursive: true, force: true });
   }
 }
 

@@ -8,7 +8,14 @@
 // The model's probabilities output is already softmax(logits / T); the scores below mirror
 // flowers_jax/abstain.py exactly (tests compare the two).
 //
-// URL options: ?backend=wasm (or a list to try in order, e.g. wasm,cpu), ?camera=off (do not open the camera).
+// URL options: ?backend=wasm (or a list to try in order, e.g. wasm,cpu), ?camera=off (do not open the camera),
+// ?threads=N (wasm threads; default TF.js's own choice, see below), ?sw=off (no service worker).
+//
+// Threads: TF.js 4.22's wasm backend runs min(8, floor(navigator.hardwareConcurrency / 2)) threads, and
+// only on a cross-origin isolated page (the server sends COOP same-origin + COEP require-corp:
+// python -m flowers_jax.serve does); otherwise one. The page shows the count, the cores and the isolation.
+// Offline: sw.js (filled in by the exporter) caches the page, TF.js and the model on the first visit;
+// browsers allow it only on a trusted origin (https with a trusted certificate, or localhost).
 // window.demo exposes the state for tests and benchmarks (see the bottom of this file).
 'use strict';
 
@@ -20,6 +27,12 @@ const state = {
   status: 'loading',      // loading | ready | error
   backend: null,
   backendDetail: null,    // e.g. "wasm, 1 thread"
+  threads: null,          // wasm threads in use (null on another backend)
+  cores: navigator.hardwareConcurrency || null,
+  isolated: window.crossOriginIsolated === true,
+  offline: 'unknown',     // unknown | ready (cached: works offline) | unavailable (see offlineNote)
+  offlineNote: '',
+  offlineDone: null,      // Promise: settles once `offline` is decided
   metadata: null,
   model: null,
   size: 0,
@@ -30,6 +43,7 @@ const state = {
   trust: null,            // metadata.trust: {calibrated, temperature, not_sure, not_a_known_flower}
   classMeans: null,       // Float32Array [C * D] for the cosine open-set score
   lastPixels: null,       // Uint8ClampedArray RGBA of the size x size input of `last`
+  lastEmbedding: null,    // Float32Array [D] of `last`: the pooled features (for adding species on the device)
   errors: [],
 };
 
@@ -59,7 +73,12 @@ async function fetchJson(url) {
 const isNotFound = (e) => /\b404\b/.test(String(e));
 
 async function loadModelOnSomeBackend() {
-  if (tf.wasm) tf.wasm.setWasmPaths('vendor/');  // the wasm binaries are served locally
+  if (tf.wasm) {
+    // Both before setBackend('wasm'). A prefix (not the deprecated setWasmPath) lets the backend pick
+    // the threaded SIMD binary when the page is isolated; the worker script is inlined in the bundle.
+    tf.wasm.setWasmPaths('vendor/');
+    if (params.get('threads')) tf.wasm.setThreadsCount(Number(params.get('threads')));
+  }
   const failures = [];
   for (const name of BACKENDS) {
     let model = null;
@@ -79,12 +98,69 @@ async function loadModelOnSomeBackend() {
   throw new Error(`no TF.js backend could run the model (${failures.join('; ')})`);
 }
 
-// "wasm, 1 thread": TF.js picks its thread count itself. Threads need a cross-origin isolated
-// page (COOP/COEP headers), which a plain static server does not give; the page works either way.
+// "wasm, 2 threads". Threads need a cross-origin isolated page (COOP/COEP headers), which a plain
+// static server does not give; the page works either way.
 function backendDetail(name) {
   if (name !== 'wasm' || !tf.wasm || typeof tf.wasm.getThreadsCount !== 'function') return name;
   const n = tf.wasm.getThreadsCount();
+  state.threads = n;
   return `wasm, ${n} thread${n === 1 ? '' : 's'}`;
+}
+
+function showPlatform() {
+  $('cores').textContent = `${state.cores ?? '?'} cores`;
+  $('isolation').textContent = state.isolated ? 'cross-origin isolated' : 'not cross-origin isolated';
+}
+
+// ---- offline: the service worker ---------------------------------------------------------------
+
+function offlineUnavailable(why) {
+  state.offline = 'unavailable';
+  state.offlineNote = `This page can't be installed or used offline here: ${why} It works online as it is.`;
+  $('offline').textContent = 'online only';
+  $('install-note').textContent = state.offlineNote;
+  $('install-note').hidden = false;
+}
+
+async function registerServiceWorker() {
+  if (params.get('sw') === 'off') return offlineUnavailable('the service worker is turned off (?sw=off).');
+  if (!window.isSecureContext) {
+    return offlineUnavailable('this address is not a secure context (open it over https:// or from localhost).');
+  }
+  if (!('serviceWorker' in navigator)) return offlineUnavailable('this browser has no service workers.');
+  let registration;
+  try {
+    registration = await navigator.serviceWorker.register('sw.js');
+  } catch (e) {
+    // Chrome refuses a service worker from a server whose certificate it does not trust
+    // ("An SSL certificate error occurred when fetching the script"), even after the user
+    // clicked through the warning.
+    return offlineUnavailable(
+      `the browser refused the service worker (${e.message || e}). On a https:// address that means this ` +
+        `device does not trust the server's certificate: install the local CA (${location.origin}/flowers-jax-ca.crt; ` +
+        'README, "The demo on a phone") or publish the folder on a host with a real certificate.',
+    );
+  }
+  try {
+    await activated(registration);
+  } catch (e) {
+    return offlineUnavailable(`the files could not be stored on this device (${e.message || e}).`);
+  }
+  state.offline = 'ready';
+  $('offline').textContent = 'works offline';
+}
+
+// Resolves once a worker is active (its install cached every file); rejects when the install failed
+// (a file missing, storage full), where navigator.serviceWorker.ready would wait forever.
+function activated(registration) {
+  if (registration.active) return Promise.resolve();
+  const worker = registration.installing || registration.waiting;
+  return new Promise((resolve, reject) => {
+    worker.addEventListener('statechange', () => {
+      if (worker.state === 'activated') resolve();
+      if (worker.state === 'redundant') reject(new Error('the service worker failed to install'));
+    });
+  });
 }
 
 // ---- trust: "not sure" and "not one of my flowers" (formulas: flowers_jax/abstain.py) -------
@@ -187,6 +263,7 @@ async function classify(source, width, height, kind) {
     return state.model.predict(x);
   });
   const [z, p, e] = await Promise.all([out.logits.data(), out.probabilities.data(), out.embedding.data()]);
+  state.lastEmbedding = e;
   tf.dispose(Object.values(out));
   const ms = performance.now() - t0;
   const order = Array.from(p.keys()).sort((a, b) => p[b] - p[a]).slice(0, 5);
@@ -332,6 +409,7 @@ async function main() {
   state.backend = loaded.backend;
   canvas.width = canvas.height = state.size;
   state.backendDetail = backendDetail(loaded.backend);
+  showPlatform();
   $('backend').textContent = loaded.failures.length
     ? `${state.backendDetail} (fell back: ${loaded.failures.map((f) => f.split(':')[0]).join(', ')} failed)`
     : state.backendDetail;
@@ -344,6 +422,8 @@ async function main() {
     await startCamera();
   }
   state.status = 'ready';  // after the camera attempt, so its outcome is on the page by now
+  // After start-up, so that caching every file does not compete with loading the model.
+  state.offlineDone = registerServiceWorker();
 }
 
 const ready = main().catch((e) => {
@@ -377,6 +457,12 @@ window.demo = {
       status: state.status,
       backend: state.backend,
       backendText: $('backend').textContent,
+      threads: state.threads,
+      cores: state.cores,
+      crossOriginIsolated: state.isolated,
+      offline: state.offline,
+      offlineNote: $('install-note').hidden ? '' : $('install-note').textContent,
+      platformText: `${$('cores').textContent} · ${$('isolation').textContent} · ${$('offline').textContent}`,
       message: $('message').hidden ? '' : $('message').textContent,
       verdict: $('verdict').hidden ? '' : $('verdict').textContent,
       verdictClass: $('verdict').className,

@@ -55,15 +55,38 @@ def serve(directory: str | pathlib.Path, *, isolated: bool = False) -> Iterator[
     `isolated=True` adds the two headers that enable multi-threaded wasm.
     """
     handler = functools.partial(_IsolatedHandler if isolated else _QuietHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    with _running(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+@contextlib.contextmanager
+def _running(server: http.server.HTTPServer) -> Iterator[http.server.HTTPServer]:
+    """Serves in a thread while the block runs; then stops and closes the server (its port is free)."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        yield server
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_https(directory: str | pathlib.Path, cert_dir: str | pathlib.Path) -> Iterator[tuple[str, str]]:
+    """Serves `directory` as `python -m flowers_jax.serve` does (HTTPS, isolated) on 127.0.0.1.
+
+    Yields (base URL, the leaf certificate's SPKI hash for run_page(spki=...): a browser given it
+    trusts the server as a phone that installed the local CA does). The CA lives in `cert_dir`.
+    """
+    from flowers_jax.serve import certs, server
+
+    made = certs.ensure(cert_dir, ["127.0.0.1"])
+    srv = server.make_server(
+        directory, host="127.0.0.1", port=0, tls=server.tls_context(made), ca_der=certs.ca_der(made), quiet=True
+    )
+    with _running(srv):
+        yield f"https://127.0.0.1:{srv.server_port}/", made.leaf_spki_sha256
 
 
 def write_y4m(path: str | pathlib.Path, rgb: np.ndarray, *, frames: int = 10, fps: int = 30) -> pathlib.Path:
@@ -101,7 +124,8 @@ def write_y4m(path: str | pathlib.Path, rgb: np.ndarray, *, frames: int = 10, fp
 def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | int | bool) -> dict:
     """Runs export/browser.mjs in `mode` (camera | upload | page | bench) and returns its JSON.
 
-    options: video=..., file=..., screenshot=..., frames=..., deny_camera=True (see export/browser.mjs).
+    options: video=..., file=..., screenshot=..., frames=..., deny_camera=True, cores=N, spki=...,
+    ignore_https_errors=True, profile=DIR, wait_offline=True (see export/browser.mjs).
     """
     chromium = chromium_path()
     if chromium is None:

@@ -2,6 +2,7 @@
 
 Output folder:
   index.html app.js style.css vendor/   the web demo and its TF.js runtime (serve the folder)
+  manifest.webmanifest icons/ sw.js     installable app, offline (the service worker's cache)
   tfjs_model/model.json + shards        TF.js graph model (from the Keras twin's SavedModel)
   model.onnx                            ONNX (tf2onnx, same SavedModel)
   keras_saved_model/                    the Keras twin's `model.export()` SavedModel
@@ -233,5 +234,6 @@ def export_model(
     meta["sizes_bytes"] = _sizes(out_dir, {k: v.rsplit("/model.json", 1)[0] for k, v in files.items()})
     meta["num_classes"] = num_classes
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    web.finish(out_dir)  # last: the service worker's cache version hashes every file the page uses
     step(f"done: {out_dir}")
     return ExportResult(out_dir=out_dir, files=files, parity=report, metadata=meta)
