@@ -15,6 +15,7 @@
 //                        service worker may register)
 //   --profile DIR        keep the browser profile in DIR (service worker + its cache survive between runs)
 //   --wait-offline       wait until the page has decided whether it works offline (its service worker)
+//   --viewport WxH       the screen size (default 412x915, a phone)
 //
 // camera: Chromium's fake camera plays the .y4m file; waits for a prediction on a camera frame.
 // upload: no camera at all (as on a desktop without one); chooses the file in the page's file input.
@@ -43,6 +44,7 @@ const { positionals, values: args } = parseArgs({
     'ignore-https-errors': { type: 'boolean', default: false },
     profile: { type: 'string' },
     'wait-offline': { type: 'boolean', default: false },
+    viewport: { type: 'string', default: '412x915' },
   },
 });
 const mode = positionals[0];
@@ -84,7 +86,7 @@ async function main() {
     headless: true,
     args: flags,
     ignoreHTTPSErrors: args['ignore-https-errors'],
-    viewport: { width: 412, height: 915 },  // a phone-sized screen
+    viewport: { width: Number(args.viewport.split('x')[0]), height: Number(args.viewport.split('x')[1]) },
     deviceScaleFactor: 1,
   });
   const console_ = [];

@@ -19,3 +19,12 @@ def smoke_workdir(tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("smoke")
     run(workdir, timeout=600)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """(folder, variables) of one small export shared by the browser tests (tests/small_export.py).
+    Tests must not change the folder: copy it first."""
+    import small_export as small
+
+    return small.make(tmp_path_factory.mktemp("export") / "web")

@@ -14,46 +14,20 @@ import re
 
 import numpy as np
 import pytest
+from small_export import CLASSES, MODEL, SIZE
 
 from flowers_jax.export import browser, exporter, images, parity, testing, tfjs, web
 
 pytest.importorskip("keras")
 
-MODEL, SIZE = "mobilenet_v2_035", 64
-CLASSES = [
-    "pink primrose",
-    "hard-leaved pocket orchid",
-    "canterbury bells",
-    "sweet pea",
-    "wild geranium",
-    "tiger lily",
-    "moon orchid",
-    "bird of paradise",
-]
 needs_chromium = pytest.mark.skipif(
     browser.chromium_path() is None, reason="no Chromium here (CI installs Debian's: apt-get install chromium)"
 )
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[pathlib.Path, dict]:
-    photos = images.skimage_photos(count=32, size=SIZE)
-    variables = testing.sensitised_variables(MODEL, num_classes=len(CLASSES), images=photos[::2])
-    out = tmp_path_factory.mktemp("export") / "web"
-    result = exporter.export_model(
-        out,
-        model_name=MODEL,
-        variables=variables,
-        class_names=CLASSES,
-        image_size=SIZE,
-        checkpoint_info={"source": "sensitised random variables (test)"},
-        val_metrics={"accuracy": 0.5},
-        images_for_parity=photos,
-        parity_images_source="scikit-image",
-        tfjs_backends=("wasm", "cpu"),
-    )
-    assert result.out_dir == out
-    return out, variables
+def exported(small_export) -> tuple[pathlib.Path, dict]:
+    return small_export  # one export for this module and tests/test_serve_browser.py (conftest.py)
 
 
 def test_parity_json_meets_thresholds(exported):

@@ -6,7 +6,6 @@ the served HTTPS is in tests/test_serve_browser.py.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import http.client
 import ipaddress
@@ -16,7 +15,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -64,21 +62,9 @@ def https(export_dir, tmp_path_factory):
     srv = server.make_server(
         export_dir, host="127.0.0.1", port=0, tls=server.tls_context(cert), ca_der=certs.ca_der(cert), quiet=True
     )
-    with _running(srv):
+    with server.in_thread(srv):
         client = ssl.create_default_context(cafile=str(cert.ca_cert))
         yield srv.server_port, client, cert
-
-
-@contextlib.contextmanager
-def _running(srv: server.Server):
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=10)
 
 
 def _request(port: int, context: ssl.SSLContext, target: str, method: str = "GET") -> http.client.HTTPResponse:
@@ -278,3 +264,10 @@ def test_serve_command_prints_url_qr_fingerprint(export_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_bad_port_is_a_usage_error(export_dir, capsys):
+    for bad in ("70000", "abc", "-1"):
+        with pytest.raises(SystemExit) as stop:
+            cli.parse_args([str(export_dir), "--port", bad])
+        assert stop.value.code == 2 and f"{bad} is not a port" in capsys.readouterr().err

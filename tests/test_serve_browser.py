@@ -1,8 +1,8 @@
 """The served page in headless Chromium: cross-origin isolated over HTTPS, wasm threads as TF.js's
 rule predicts, installable, and working offline after one visit (or saying why it cannot).
 
-One small export (MobileNetV2 0.35 at 64 px, sensitised random variables, as in
-test_export_end_to_end) is shared by every test here. The browser trusts the server's certificate
+The small export of tests/small_export.py (MobileNetV2 0.35 at 64 px, sensitised random variables)
+is shared with test_export_end_to_end.py: one export per session. The browser trusts the server's certificate
 by its public-key hash (`--ignore-certificate-errors-spki-list`), as a phone that installed the
 local CA would; `--ignore-https-errors` plays a user who clicked through the warning instead.
 """
@@ -16,6 +16,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
+from small_export import CLASSES, MODEL, SIZE
 
 from flowers_jax.export import browser, exporter, images, web
 
@@ -24,32 +25,12 @@ pytestmark = pytest.mark.skipif(
     browser.chromium_path() is None, reason="no Chromium here (CI installs Debian's: apt-get install chromium)"
 )
 
-MODEL, SIZE = "mobilenet_v2_035", 64
-CLASSES = ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea", "wild geranium", "tiger lily"]
 PAGE = "?backend=wasm&camera=off"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> tuple[pathlib.Path, dict]:
-    from flowers_jax.export import testing
-
-    photos = images.skimage_photos(count=32, size=SIZE)
-    variables = testing.sensitised_variables(MODEL, num_classes=len(CLASSES), images=photos[::2])
-    out = tmp_path_factory.mktemp("served") / "web"
-    exporter.export_model(
-        out,
-        model_name=MODEL,
-        variables=variables,
-        class_names=CLASSES,
-        image_size=SIZE,
-        checkpoint_info={"source": "sensitised random variables (test)"},
-        val_metrics=None,
-        images_for_parity=photos,
-        parity_images_source="scikit-image",
-        tfjs_backends=("wasm",),
-        jax2tf=False,
-    )
-    return out, variables
+def exported(small_export) -> tuple[pathlib.Path, dict]:
+    return small_export  # shared with test_export_end_to_end.py (conftest.py); never changed here
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +120,14 @@ def test_offline_after_one_visit_classifies_the_camera(exported, cert_dir, tmp_p
     video = browser.write_y4m(tmp_path / "photo.y4m", photo)
     shot = tmp_path / "offline.png"
     snap = browser.run_page(
-        "camera", url + "?backend=wasm", video=video, spki=spki, profile=profile, cores=4, screenshot=shot
+        "camera",
+        url + "?backend=wasm",
+        video=video,
+        spki=spki,
+        profile=profile,
+        cores=4,
+        screenshot=shot,
+        viewport="390x844",
     )
     assert snap["status"] == "ready", snap
     assert snap["last"]["source"] == "camera" and snap["offline"] == "ready"
@@ -159,10 +147,33 @@ def test_untrusted_certificate_works_online_and_says_why_not_offline(exported, c
     png = tmp_path / "photo.png"
     Image.fromarray(square).save(png)
     with browser.serve_https(out, cert_dir) as (url, _):
-        snap = browser.run_page("upload", url + PAGE, file=png, ignore_https_errors=True, wait_offline=True)
+        snap = browser.run_page(
+            "upload",
+            url + PAGE,
+            file=png,
+            ignore_https_errors=True,
+            wait_offline=True,
+            viewport="390x844",
+            screenshot=tmp_path / "untrusted.png",
+        )
     assert snap["status"] == "ready" and snap["last"]["source"] == "photo"
     assert snap["shownTop5"][0] == _flax_top1(variables, browser.snapshot_pixels(snap))
     assert snap["offline"] == "unavailable"
     note = snap["offlineNote"]
     assert note.startswith("This page can't be installed or used offline here") and "certificate" in note
     assert "/flowers-jax-ca.crt" in note and snap["platformText"].endswith("online only")
+
+
+def test_export_without_a_service_worker_says_to_export_again(exported, tmp_path):
+    """An export made before offline support (no sw.js), on a trusted origin: works, and says what to do."""
+    import shutil
+
+    out, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / web.SERVICE_WORKER).unlink()
+    with browser.serve(old) as url:
+        snap = browser.run_page("page", url + PAGE, wait_offline=True)
+    assert snap["status"] == "ready" and snap["offline"] == "unavailable"
+    assert "this export has no service worker" in snap["offlineNote"] and "export it again" in snap["offlineNote"]
+    assert "certificate" not in snap["offlineNote"]

@@ -132,11 +132,15 @@ async function registerServiceWorker() {
   try {
     registration = await navigator.serviceWorker.register('sw.js');
   } catch (e) {
+    const text = String(e.message || e).replace(/\.$/, '');  // it is quoted mid-sentence
+    if (isNotFound(text)) {
+      return offlineUnavailable(`this export has no service worker (sw.js: ${text}); export it again.`);
+    }
     // Chrome refuses a service worker from a server whose certificate it does not trust
     // ("An SSL certificate error occurred when fetching the script"), even after the user
     // clicked through the warning.
     return offlineUnavailable(
-      `the browser refused the service worker (${e.message || e}). On a https:// address that means this ` +
+      `the browser refused the service worker (${text}). On a https:// address that means this ` +
         `device does not trust the server's certificate: install the local CA (${location.origin}/flowers-jax-ca.crt; ` +
         'README, "The demo on a phone") or publish the folder on a host with a real certificate.',
     );

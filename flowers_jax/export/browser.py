@@ -15,12 +15,13 @@ import os
 import pathlib
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 
 from flowers_jax.export.web import NODE_DIR
+from flowers_jax.serve import certs as serve_certs
+from flowers_jax.serve import server as serve_server
 
 
 def chromium_path() -> str | None:
@@ -55,21 +56,8 @@ def serve(directory: str | pathlib.Path, *, isolated: bool = False) -> Iterator[
     `isolated=True` adds the two headers that enable multi-threaded wasm.
     """
     handler = functools.partial(_IsolatedHandler if isolated else _QuietHandler, directory=str(directory))
-    with _running(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
+    with serve_server.in_thread(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/"
-
-
-@contextlib.contextmanager
-def _running(server: http.server.HTTPServer) -> Iterator[http.server.HTTPServer]:
-    """Serves in a thread while the block runs; then stops and closes the server (its port is free)."""
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -79,13 +67,10 @@ def serve_https(directory: str | pathlib.Path, cert_dir: str | pathlib.Path) -> 
     Yields (base URL, the leaf certificate's SPKI hash for run_page(spki=...): a browser given it
     trusts the server as a phone that installed the local CA does). The CA lives in `cert_dir`.
     """
-    from flowers_jax.serve import certs, server
-
-    made = certs.ensure(cert_dir, ["127.0.0.1"])
-    srv = server.make_server(
-        directory, host="127.0.0.1", port=0, tls=server.tls_context(made), ca_der=certs.ca_der(made), quiet=True
-    )
-    with _running(srv):
+    made = serve_certs.ensure(cert_dir, ["127.0.0.1"])
+    tls, ca = serve_server.tls_context(made), serve_certs.ca_der(made)
+    srv = serve_server.make_server(directory, host="127.0.0.1", port=0, tls=tls, ca_der=ca, quiet=True)
+    with serve_server.in_thread(srv):
         yield f"https://127.0.0.1:{srv.server_port}/", made.leaf_spki_sha256
 
 
@@ -125,7 +110,7 @@ def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | in
     """Runs export/browser.mjs in `mode` (camera | upload | page | bench) and returns its JSON.
 
     options: video=..., file=..., screenshot=..., frames=..., deny_camera=True, cores=N, spki=...,
-    ignore_https_errors=True, profile=DIR, wait_offline=True (see export/browser.mjs).
+    ignore_https_errors=True, profile=DIR, wait_offline=True, viewport="390x844" (see export/browser.mjs).
     """
     chromium = chromium_path()
     if chromium is None:

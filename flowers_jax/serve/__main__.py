@@ -18,12 +18,19 @@ from flowers_jax.serve import addresses, certs, server
 HTTPS_PORT, HTTP_PORT = 8443, 8000
 
 
+def _port(text: str) -> int:
+    port = int(text) if text.isdigit() else -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535; 0: any free one)")
+    return port
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m flowers_jax.serve", description=__doc__.split("\n\n")[1])
     p.add_argument("out_dir", help="an export folder (python export/export_model.py ... --out OUT_DIR)")
     p.add_argument(
-        "--port", type=int, default=None, help=f"port (default {HTTPS_PORT}; {HTTP_PORT} with --http; 0: any)"
+        "--port", type=_port, default=None, help=f"port (default {HTTPS_PORT}; {HTTP_PORT} with --http; 0: any)"
     )
     p.add_argument("--host", default=None, help="address to listen on (default 0.0.0.0; 127.0.0.1 with --http)")
     p.add_argument("--http", action="store_true", help="plain HTTP on localhost only (adb reverse, a desktop browser)")
@@ -83,8 +90,8 @@ def _open(args: argparse.Namespace) -> tuple[server.Server, list[str], dict, cer
         host = args.host or "127.0.0.1"
         if not addresses.is_loopback(host):
             raise server.ServeError(
-                f"--http serves this machine only (127.0.0.1), not {host}: a phone on the LAN "
-                "needs HTTPS for its camera. Drop --http, or use adb reverse with --http"
+                f"--http serves this machine only (127.0.0.1), not {host}: a phone on the LAN needs HTTPS "
+                "for its camera. Drop --http to serve the LAN over HTTPS, or keep 127.0.0.1 and use adb reverse"
             )
         srv = server.make_server(root, host=host, port=HTTP_PORT if args.port is None else args.port, quiet=args.quiet)
         return srv, [f"http://{host}:{srv.server_port}/"], meta, None

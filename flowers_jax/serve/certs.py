@@ -2,8 +2,9 @@
 
 A phone opens the page at https://<lan-address>:<port>/, so the certificate names that IP
 address (an IP-address SAN entry; browsers ignore the subject's common name) and localhost.
-What Android Chrome and iOS accept from a CA the user installed: a leaf valid <= 397 days,
-P-256 ECDSA with SHA-256, extendedKeyUsage serverAuth, a CA with basicConstraints CA:TRUE.
+What Android Chrome and iOS accept from a CA the user installed (docs/design.md, §browser): P-256
+ECDSA with SHA-256, extendedKeyUsage serverAuth, a CA with basicConstraints CA:TRUE, and a leaf
+valid 365 days (under the 398 days Apple and Chrome allow public certificates, the strictest rule).
 The files live outside the export folder (default ~/.config/flowers_jax/serve/) so that no
 key is ever served, and are reused: the CA for years (a phone trusts it once), the leaf
 until it nears expiry or the machine's addresses change.
@@ -26,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 ENV_DIR = "FLOWERS_JAX_SERVE_DIR"
 CA_DAYS = 3650
-LEAF_DAYS = 365  # browsers refuse > 397 days
+LEAF_DAYS = 365  # <= 397: what browsers allow a publicly trusted leaf
 RENEW_DAYS = 30  # a leaf with less left than this is replaced
 CA_NAME = "flowers_jax local CA"
 

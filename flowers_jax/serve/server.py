@@ -8,6 +8,7 @@ this server is reachable by every device on the network.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import errno
 import http.server
@@ -17,11 +18,14 @@ import pathlib
 import socketserver
 import ssl
 import sys
+import threading
 import urllib.parse
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 from flowers_jax.serve.certs import Certificates
 
+S = TypeVar("S", bound=socketserver.BaseServer)
 CA_PATH = "/flowers-jax-ca.crt"  # the CA certificate (DER), for a phone to install; never the key
 EXPORT_COMMAND = "python export/export_model.py --workdir WORKDIR --out FOLDER"
 
@@ -236,3 +240,16 @@ def make_server(
         raise ServeError(f"cannot listen on {host}:{port}: {e}") from e
     server.tls = tls
     return server
+
+
+@contextlib.contextmanager
+def in_thread(srv: S) -> Iterator[S]:
+    """Serves `srv` in a background thread while the block runs, then stops and closes it (the port is free)."""
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=10)
