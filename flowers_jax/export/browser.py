@@ -118,6 +118,8 @@ def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | in
     cmd = ["node", str(NODE_DIR / "browser.mjs"), mode, "--url", url, "--chromium", chromium]
     cmd += ["--timeout", str(int(timeout_s * 1000))]
     for key, value in options.items():
+        if key in ("video", "file", "screenshot", "profile"):  # node runs in export/: relative paths would land there
+            value = pathlib.Path(value).resolve()
         flag = f"--{key.replace('_', '-')}"
         cmd += [flag] if value is True else [flag, str(value)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s + 60, cwd=NODE_DIR)
