@@ -2,27 +2,48 @@
 
 Layout: <workdir>/checkpoints/{latest,best}/<step>/{state,meta}. `state` is the
 whole TrainState; `meta` is JSON: the run config, stage and early-stopping
-bookkeeping, metrics. State is restored against shapes from `jax.eval_shape`
-with shardings of the *current* mesh, so a checkpoint written on 8 devices
-restores on 1 and vice versa. Orbax writes to a temporary directory and
-renames it when complete, so a SIGKILL mid-save leaves the previous
-checkpoint intact.
+bookkeeping, metrics (`state.RunProgress`). State is restored against shapes
+from `jax.eval_shape` with shardings of the *current* mesh, so a checkpoint
+written on 8 devices restores on 1 and vice versa. Orbax writes to a temporary
+directory and renames it when complete, so a SIGKILL mid-save leaves the
+previous checkpoint intact; a step damaged later (a truncated file, a deleted
+one) is skipped on resume and moved to <workdir>/checkpoints/corrupt/.
+
+This module owns restoring: the trainer's resume (`Checkpoints.restore_latest`),
+the readers' look-ups (`find`, read-only) and the compatibility check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import logging
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not belong to this run's model."""
+
+
+def check_compatible(meta: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
+    """A workdir's checkpoint must be of this config's model and head size."""
+    for key in ("model", "num_classes"):
+        if meta[key] != config[key]:
+            raise CheckpointError(
+                f"{where} holds a checkpoint of {key}={meta[key]!r} but the config says {config[key]!r}; "
+                "use another --workdir or the config that trained it"
+            )
 
 
 def _root(workdir: str) -> epath.Path:
@@ -47,6 +68,9 @@ def _manager(
             # Orbax names its cross-process barriers after the step directory ("async_write_complete.8"):
             # "latest" and "best" saving the same step at once would join one barrier twice and fail
             # multi-host runs ("Barrier ... is already ongoing"). A per-series prefix keeps them apart.
+            # One manager with AnyPreservationPolicy(LatestN, BestN) would need no prefix, but it moves
+            # every step to checkpoints/<step> (old workdirs, readers and launch/fetch.sh expect
+            # latest/ and best/) and BestN keeps the later of tied scores where we keep the first.
             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
         )
         return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
@@ -64,31 +88,66 @@ def _absl_level(level: int):
 
 
 class Checkpoints:
-    """The two checkpoint series of a workdir."""
+    """The two checkpoint series of a workdir, as the trainer writes them."""
 
     def __init__(self, workdir: str, *, max_to_keep: int = 2, async_save: bool = True):
-        root = _root(workdir)
-        self.latest = _manager(root / "latest", max_to_keep, async_save)
-        self.best = _manager(root / "best", 1, async_save)
+        self.root = _root(workdir)
+        self.latest = _manager(self.root / "latest", max_to_keep, async_save)
+        self.best = _manager(self.root / "best", 1, async_save)
 
-    def save(self, which: str, step: int, state: Any, meta: dict) -> None:
+    def save(self, which: str, step: int, state: Any, meta: Mapping[str, Any]) -> None:
+        """Saves (asynchronously) `state` and the JSON record `meta` as step `step` of `which`."""
         manager = self.latest if which == "latest" else self.best
         if manager.latest_step() == step:
             return  # already saved at this step (e.g. an epoch end that is also a save step)
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        # Orbax serialises the JSON item later, in its background thread, while the caller goes on
+        # changing its record: the checkpoint gets a deep copy as of now (and a value that is not
+        # JSON fails here, in the caller's thread, not in the writer's).
+        snapshot = json.loads(json.dumps(dict(meta)))
+        manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(snapshot))
+        )
 
-    def latest_meta(self) -> tuple[int, dict] | None:
-        """(step, meta) of the latest checkpoint, or None in a fresh workdir.
+    def restore_latest(self, abstract_for: Callable[[dict], Any]) -> tuple[int, dict, Any] | None:
+        """(step, meta, state) of the newest readable "latest" step, or None in a fresh workdir.
 
-        Uses this object's own manager: every process of a multi-host run must create
-        the same Orbax managers in the same order (their constructors synchronise).
+        `abstract_for(meta)` gives the ShapeDtypeStructs (with shardings) to restore the state
+        onto; a CheckpointError it raises (an incompatible run) is passed on. Steps newer than the
+        newest readable one (a truncated or deleted file) are skipped with a warning naming each
+        and why, and moved aside to checkpoints/corrupt/ (never deleted): Orbax would otherwise
+        keep taking one for the newest step and skip the saves of the steps replayed before it.
+        When no step reads, nothing is moved (the cause may be this run's config, not the files).
+
+        Every process of a multi-host run calls this (the managers' constructors synchronise);
+        they agree on each step's verdict, and only process 0 moves a step.
         """
-        step = self.latest.latest_step()
-        return None if step is None else (step, restore_meta(self.latest, step))
+        step, restored, unreadable = _newest_readable(
+            self.latest, sorted(self.latest.all_steps(), reverse=True), abstract_for, agree=_all_processes_ok
+        )
+        for bad, why in unreadable:
+            self._set_aside(bad, why, step)
+        return None if step is None else (step, *restored)
 
-    def restore_latest(self, abstract_state: Any) -> Any:
-        """The latest TrainState, onto the shardings given in `abstract_state`."""
-        return restore_state(self.latest, self.latest.latest_step(), abstract_state)
+    def _set_aside(self, step: int, why: str, resume_step: int) -> None:
+        """Moves an unreadable step out of the series (process 0), saying which, why and where."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.root / "corrupt" / f"latest-{step}-{stamp}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A rename: atomic on a local disk; on an object store (gs://) a copy and delete of each
+            # file, which still never loses the data.
+            (self.latest.directory / str(step)).rename(target)
+            log.warning(
+                "checkpoint step %d in %s is unreadable (%s); resuming from step %d. "
+                "The bad step is kept: moved it to %s",
+                step,
+                self.latest.directory,
+                why,
+                resume_step,
+                target,
+            )
+        _sync(f"set aside step {step}")
+        self.latest.reload()
 
     def wait(self) -> None:
         self.latest.wait_until_finished()
@@ -97,6 +156,63 @@ class Checkpoints:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
+
+
+def _newest_readable(
+    manager: ocp.CheckpointManager,
+    steps: list[int],
+    abstract_for: Callable[[dict], Any],
+    *,
+    agree: Callable[[bool], bool] = bool,
+) -> tuple[int | None, tuple[dict, Any] | None, list[tuple[int, str]]]:
+    """(step, (meta, state), [(newer step, why unreadable)]) of the first of `steps` that restores.
+
+    A CheckpointError of `abstract_for` (an incompatible run) is passed on. When no step restores,
+    raises CheckpointError naming each step and its error: nothing is then known to be damaged,
+    since the cause may as well be the reader's config as the files. `agree` makes the processes
+    of a multi-host run share one verdict per step.
+    """
+    unreadable: list[tuple[int, str]] = []
+    for step in steps:
+        try:
+            meta = restore_meta(manager, step)
+            restored = meta, restore_state(manager, step, abstract_for(meta))
+            error = ""
+        except CheckpointError:
+            raise
+        except Exception as e:  # Orbax/TensorStore raise many types for a missing or damaged file
+            error = _first_line(f"{type(e).__name__}: {e}")
+        if agree(not error):
+            return step, restored, unreadable
+        unreadable.append((step, error or "unreadable on another process"))
+    if unreadable:
+        raise CheckpointError(
+            f"{manager.directory}: no checkpoint step can be restored: "
+            + "; ".join(f"step {s}: {why}" for s, why in unreadable)
+            + ". If the files are damaged, move the step folders out of the way (or use another --workdir)"
+        )
+    return None, None, unreadable
+
+
+def _first_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else text
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _all_processes_ok(ok: bool) -> bool:
+    """True when `ok` holds on every process (a collective on multi-host runs, else just `ok`)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.int32(ok)).min())
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
@@ -138,6 +254,52 @@ def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
     except CheckpointError:
         return None
     return step, restore_meta(manager, step)
+
+
+def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, dict[str, Any]]:
+    """Restores a checkpoint of a training workdir onto this process's devices (read-only).
+
+    Args:
+      workdir: the run's --workdir.
+      which: "best" (by val macro-F1), "latest", or a step number.
+    Returns:
+      (config the run was trained with, variables for `models.create(config.model,
+      config.num_classes)` -- EMA parameters when the run kept them --, info dict
+      with step, which, and the validation metrics recorded with the checkpoint).
+    Raises:
+      CheckpointError: no workdir, no such checkpoint, or none of them readable.
+    """
+    from flowers_jax import distributed, state  # local: the look-ups above need no model code
+
+    if not epath.Path(workdir).is_dir():
+        raise CheckpointError(f"workdir {workdir!r} does not exist")
+    try:
+        manager, step = find(workdir, which)
+    except CheckpointError as e:
+        if which not in ("best", "latest"):
+            raise  # it lists the steps that exist
+        raise CheckpointError(f"{workdir}: no {which!r} checkpoint (has the run saved one yet?)") from e
+    replicated = distributed.replicated(distributed.make_mesh())
+
+    def abstract_for(meta: dict) -> Any:
+        config = ml_collections.ConfigDict(json.loads(meta["config"]))
+        abstract = state.abstract_state(config, state.build_model(config), meta["stage_index"])
+        return abstract_with_sharding(abstract, replicated)
+
+    # "latest" is a moving target: a running trainer deletes old steps (max_to_keep) and a step
+    # can be unreadable (a crash, a full disk). Its reader falls back to the next newest step.
+    candidates = sorted(manager.all_steps(), reverse=True) if which == "latest" else [step]
+    step, (meta, restored), unreadable = _newest_readable(manager, candidates, abstract_for)
+    for bad, why in unreadable:
+        log.warning("%s: latest step %d is unreadable (%s); using step %d", workdir, bad, why, step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    info = {
+        "step": step,
+        "which": which,
+        "val": meta.get("best_val") if which == "best" else None,
+        "stage_index": meta["stage_index"],
+    }
+    return config, restored.variables(ema=config.ema_decay > 0), info
 
 
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:

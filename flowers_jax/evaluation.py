@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from flowers_jax import abstain, calibration, data, distributed, guard, inference, reports, train, trust
+from flowers_jax import abstain, calibration, checkpoint, data, distributed, guard, inference, reports, trust
 from flowers_jax.state import build_model
 
 
@@ -149,7 +149,7 @@ def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
     trained_config, variables, info = inference.load_for_inference(workdir, which)
     meta = {"model": trained_config.model, "num_classes": trained_config.num_classes}
     try:
-        train.check_compatible(meta, config, f"{workdir} ({which})")
+        checkpoint.check_compatible(meta, config, f"{workdir} ({which})")
     except inference.checkpoint.CheckpointError as e:
         raise EvalError(str(e)) from None
     return variables, info | {"trained_image_size": trained_config.data.image_size}

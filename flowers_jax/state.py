@@ -1,7 +1,9 @@
-"""The train state: everything a resumed run needs, as one pytree Orbax can save."""
+"""The train state: everything a resumed run needs, as one pytree Orbax can save, and the
+run's progress record (stage, best and early-stopping bookkeeping) saved beside it as JSON."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -31,6 +33,45 @@ class TrainState:
         """Variables for `model.apply`, with the EMA parameters when asked and kept."""
         params = self.ema_params if ema and self.ema_params is not None else self.params
         return {"params": params, "batch_stats": self.batch_stats, "preprocess": self.preprocess}
+
+
+@dataclasses.dataclass
+class RunProgress:
+    """Where a run stands, saved with every checkpoint (its `meta` item, JSON).
+
+    model/num_classes/config: what the run trains (config as JSON; checked on resume and by readers).
+    stage_index, stage_start_step: the current stage and the global step it started at.
+    stage_finished: the stage ran its epochs or stopped early (a resume goes on to the next one).
+    best_val_macro_f1, best_step, best_val: the best checkpoint's score, step and val metrics.
+    stage_best_val_macro_f1, epochs_since_stage_best: early stopping within the current stage.
+    """
+
+    model: str
+    num_classes: int
+    config: str
+    stage_index: int = 0
+    stage_start_step: int = 0
+    stage_finished: bool = False
+    best_val_macro_f1: float = -1.0
+    best_step: int | None = None
+    best_val: dict[str, Any] | None = None
+    stage_best_val_macro_f1: float = -1.0
+    epochs_since_stage_best: int = 0
+
+    @classmethod
+    def fresh(cls, config: ml_collections.ConfigDict) -> RunProgress:
+        return cls(model=config.model, num_classes=config.num_classes, config=config.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        """A new JSON-ready dict (nothing shared with this record)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any]) -> RunProgress:
+        """From a checkpoint's `meta`; older checkpoints wrote the same keys as a dict (best_val
+        only once a best existed), and keys this version does not know are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in meta.items() if k in names})
 
 
 def build_model(config: ml_collections.ConfigDict) -> models.Classifier:

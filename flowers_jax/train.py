@@ -20,9 +20,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from flowers_jax import checkpoint, data, distributed, logs, metrics, models, optim
+from flowers_jax import checkpoint, data, distributed, logs, metrics, models, optim, workdir_lock
 from flowers_jax import config as config_lib
-from flowers_jax.state import TrainState, build_model, initial_variables, new_state
+from flowers_jax.state import RunProgress, TrainState, abstract_state, build_model, initial_variables, new_state
 from flowers_jax.steps import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -39,31 +39,6 @@ def class_weights(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> 
     if config.class_weights == "none":
         return jnp.ones(config.num_classes)
     return jnp.asarray(info.class_weights("train"), jnp.float32)
-
-
-def _fresh_meta(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return {
-        "model": config.model,
-        "num_classes": config.num_classes,
-        "config": config.to_json(),
-        "stage_index": 0,
-        "stage_start_step": 0,
-        "stage_finished": False,
-        "best_val_macro_f1": -1.0,
-        "best_step": None,
-        "stage_best_val_macro_f1": -1.0,
-        "epochs_since_stage_best": 0,
-    }
-
-
-def check_compatible(meta: dict, config: ml_collections.ConfigDict, where: str) -> None:
-    """A workdir's checkpoint must be of this config's model and head size."""
-    for key in ("model", "num_classes"):
-        if meta[key] != config[key]:
-            raise checkpoint.CheckpointError(
-                f"{where} holds a checkpoint of {key}={meta[key]!r} but the config says {config[key]!r}; "
-                "use another --workdir or the config that trained it"
-            )
 
 
 def _flush(pending: list, writer: logs.MetricWriter, progress: logs.Progress, step_in_epoch: int, last_good: int):
@@ -96,14 +71,28 @@ def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, me
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary."""
+    """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the final summary.
+
+    Holds the workdir's lock (`workdir_lock`) while it runs: a second trainer there is refused.
+    """
     # Workdir I/O goes through tf.io.gfile: on a pod the workdir is a gs:// path.
     tf.io.gfile.makedirs(workdir)
     done_path = os.path.join(workdir, DONE_FILE)
     if tf.io.gfile.exists(done_path):
-        log.warning("%s: run already finished (DONE exists); nothing to do", workdir)
-        with tf.io.gfile.GFile(done_path) as f:
-            return json.load(f)
+        return _finished(workdir, done_path)
+    with workdir_lock.hold(workdir):
+        if tf.io.gfile.exists(done_path):  # the run that held the lock finished meanwhile
+            return _finished(workdir, done_path)
+        return _train(config, workdir, done_path)
+
+
+def _finished(workdir: str, done_path: str) -> dict[str, Any]:
+    log.warning("%s: run already finished (DONE exists); nothing to do", workdir)
+    with tf.io.gfile.GFile(done_path) as f:
+        return json.load(f)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, done_path: str) -> dict[str, Any]:
 
     # ---- Mesh and input -------------------------------------------------------------------------
     mesh = distributed.make_mesh()
@@ -118,13 +107,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     stages = config_lib.stages(config)
     shapes = models.variable_shapes(model)
     ckpts = checkpoint.Checkpoints(workdir, max_to_keep=config.checkpoint.max_to_keep)
-    found = ckpts.latest_meta()
+
+    def abstract_for(meta: dict) -> TrainState:
+        checkpoint.check_compatible(meta, config, workdir)
+        return checkpoint.abstract_with_sharding(abstract_state(config, model, meta["stage_index"]), repl)
+
+    found = ckpts.restore_latest(abstract_for)
     if found:
-        step, meta = found
-        check_compatible(meta, config, workdir)
-        log.info("resuming from %s at step %d (stage %d)", workdir, step, meta["stage_index"])
+        step, saved, restored = found
+        meta = RunProgress.from_json(saved)
+        log.info("resuming from %s at step %d (stage %d)", workdir, step, meta.stage_index)
     else:
-        step, meta = 0, _fresh_meta(config)
+        step, meta, restored = 0, RunProgress.fresh(config), None
     writer = logs.MetricWriter(workdir, resume_step=step if found else None)
     train_iter = data.train_iterator(config, mesh=mesh, start_step=step)
     use_ema = config.ema_decay > 0
@@ -134,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # The prefetch thread must stop before the interpreter does: a thread left inside tf.data at
     # exit aborts the process ("FATAL: exception not rethrown") after a successful run.
     try:
-        for stage_index in range(meta["stage_index"], len(stages)):
+        for stage_index in range(meta.stage_index, len(stages)):
             name, stage = stages[stage_index]
             # ---- Stage: parameter groups and optimizer ----------------------------------------------
             groups = optim.param_groups(shapes["params"], stage, arch)
@@ -146,24 +140,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     f"BatchNorm {stage.bn}\n{groups.table}",
                     flush=True,
                 )
-            if state is None and found:
-                abstract = jax.eval_shape(lambda tx=tx: new_state(shapes, tx, seed=config.seed, ema=use_ema))
-                state = ckpts.restore_latest(checkpoint.abstract_with_sharding(abstract, repl))
+            if state is None and restored is not None:
+                state = restored
             elif state is None:
                 state = jax.device_put(
                     new_state(initial_variables(config, model), tx, seed=config.seed, ema=use_ema), repl
                 )
             else:  # a new stage: fresh optimizer state for its groups
                 state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
-                meta.update(
-                    stage_index=stage_index,
-                    stage_start_step=step,
-                    stage_finished=False,
-                    stage_best_val_macro_f1=-1.0,
-                    epochs_since_stage_best=0,
-                )
+                meta.stage_index, meta.stage_start_step, meta.stage_finished = stage_index, step, False
+                meta.stage_best_val_macro_f1, meta.epochs_since_stage_best = -1.0, 0
                 writer.write(step, "stage", {"stage": name, "stage_index": stage_index})
-            if meta["stage_finished"]:
+            if meta.stage_finished:
                 continue  # resumed exactly at the end of this stage
 
             # ---- Stage: compiled step -----------------------------------------------------------
@@ -182,9 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
 
             # ---- Stage: epochs ------------------------------------------------------------------
-            first_epoch = (step - meta["stage_start_step"]) // steps_per_epoch
+            first_epoch = (step - meta.stage_start_step) // steps_per_epoch
             for epoch_in_stage in range(first_epoch, stage.epochs):
-                epoch_end = meta["stage_start_step"] + (epoch_in_stage + 1) * steps_per_epoch
+                epoch_end = meta.stage_start_step + (epoch_in_stage + 1) * steps_per_epoch
                 epoch = epoch_end // steps_per_epoch
                 progress = logs.Progress(
                     steps_per_epoch,
@@ -202,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
                     if step % config.checkpoint.every_steps == 0 and step != epoch_end:
                         _flush(pending, writer, progress, steps_per_epoch - (epoch_end - step), last_good)
-                        ckpts.save("latest", step, state, meta)
+                        ckpts.save("latest", step, state, meta.to_json())
                         last_good = step
                 jax.block_until_ready(state.step)
                 progress.close()
@@ -220,17 +208,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"val {timing['val_seconds']:.0f} s)",
                         flush=True,
                     )
-                if val["macro_f1"] > meta["best_val_macro_f1"]:
-                    meta.update(best_val_macro_f1=val["macro_f1"], best_step=step, best_val=val)
-                    ckpts.save("best", step, state, meta)
-                if val["macro_f1"] > meta["stage_best_val_macro_f1"] + config.early_stopping.min_delta:
-                    meta.update(stage_best_val_macro_f1=val["macro_f1"], epochs_since_stage_best=0)
+                if val["macro_f1"] > meta.best_val_macro_f1:
+                    meta.best_val_macro_f1, meta.best_step, meta.best_val = val["macro_f1"], step, val
+                    ckpts.save("best", step, state, meta.to_json())
+                if val["macro_f1"] > meta.stage_best_val_macro_f1 + config.early_stopping.min_delta:
+                    meta.stage_best_val_macro_f1, meta.epochs_since_stage_best = val["macro_f1"], 0
                 else:
-                    meta["epochs_since_stage_best"] += 1
+                    meta.epochs_since_stage_best += 1
                 patience = config.early_stopping.patience
-                stop_early = patience > 0 and meta["epochs_since_stage_best"] >= patience
-                meta["stage_finished"] = stop_early or epoch_in_stage + 1 == stage.epochs
-                ckpts.save("latest", step, state, meta)
+                stop_early = patience > 0 and meta.epochs_since_stage_best >= patience
+                meta.stage_finished = stop_early or epoch_in_stage + 1 == stage.epochs
+                ckpts.save("latest", step, state, meta.to_json())
                 if stop_early:
                     log.info("stage %r: no macro-F1 gain for %d epochs; ending the stage early", name, patience)
                     writer.write(step, "early_stop", {"stage": name})
@@ -244,9 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.close()
     summary = {
         "step": step,
-        "best_step": meta["best_step"],
-        "best_val_macro_f1": meta["best_val_macro_f1"],
-        "best_val": meta.get("best_val"),
+        "best_step": meta.best_step,
+        "best_val_macro_f1": meta.best_val_macro_f1,
+        "best_val": meta.best_val,
     }
     if jax.process_index() == 0:
         logs.plot_curves(workdir)
