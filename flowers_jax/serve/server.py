@@ -15,6 +15,7 @@ import http.server
 import json
 import os
 import pathlib
+import socket
 import socketserver
 import ssl
 import sys
@@ -186,16 +187,19 @@ class Server(http.server.ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
 
-    def finish_request(self, request, client_address) -> None:
-        if self.tls is not None:
-            try:
-                request.settimeout(Handler.timeout)
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return  # e.g. the phone refused the certificate; it says so to its user
-        super().finish_request(request, client_address)
+    def finish_request(self, request: socket.socket, client_address: tuple) -> None:
+        if self.tls is None:
+            return super().finish_request(request, client_address)
+        try:
+            request.settimeout(Handler.timeout)
+            tls_socket = self.tls.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return None  # e.g. the phone refused the certificate; it says so to its user
+        with tls_socket:  # socketserver closes only the plain socket, which wrap_socket detached
+            super().finish_request(tls_socket, client_address)
+        return None
 
-    def handle_error(self, request, client_address) -> None:
+    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError | TimeoutError | ssl.SSLError):
             super().handle_error(request, client_address)
 
