@@ -147,15 +147,7 @@ def test_untrusted_certificate_works_online_and_says_why_not_offline(exported, c
     png = tmp_path / "photo.png"
     Image.fromarray(square).save(png)
     with browser.serve_https(out, cert_dir) as (url, _):
-        snap = browser.run_page(
-            "upload",
-            url + PAGE,
-            file=png,
-            ignore_https_errors=True,
-            wait_offline=True,
-            viewport="390x844",
-            screenshot=tmp_path / "untrusted.png",
-        )
+        snap = browser.run_page("upload", url + PAGE, file=png, ignore_https_errors=True, wait_offline=True)
     assert snap["status"] == "ready" and snap["last"]["source"] == "photo"
     assert snap["shownTop5"][0] == _flax_top1(variables, browser.snapshot_pixels(snap))
     assert snap["offline"] == "unavailable"
