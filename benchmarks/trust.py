@@ -113,11 +113,11 @@ def openset_scores(config, workdir: str, split_known: str, split_unknown: str, t
     known = evaluation.predict_split(config, variables, split_known)
     unknown = evaluation.predict_split(config, variables, split_unknown)
     train = evaluation.predict_split(config, variables, config.data.train_split)
-    means = abstain.class_means(train.embeddings, train.labels, config.num_classes)
+    stats = abstain.fit_embedding_stats(train.embeddings, train.labels, config.num_classes)
     out = {}
     for name in abstain.OPENSET_SCORES:
-        k = abstain.openset_score(name, known.logits[0], known.embeddings, means, temperature=temperature)
-        u = abstain.openset_score(name, unknown.logits[0], unknown.embeddings, means, temperature=temperature)
+        k = abstain.openset_score(name, known.logits[0], known.embeddings, stats, temperature=temperature)
+        u = abstain.openset_score(name, unknown.logits[0], unknown.embeddings, stats, temperature=temperature)
         out[name] = abstain.openset_report(k, u)
     return out
 
@@ -289,7 +289,8 @@ def main() -> None:
                 f"{lo['test'][name]['fpr_at_95_tpr']:>12.4f}{mark}"
             )
     config = at_size(config, size)
-    config.trust.openset_score = args.openset_score or results.get("leave_out", {}).get("chosen", "cosine")
+    chosen = results.get("leave_out", {}).get("chosen", config.trust.openset_score)
+    config.trust.openset_score = args.openset_score or chosen
     cal = evaluation.run_calibrate(config, args.workdir, "best", "val")
     test = evaluation.run_eval(config, args.workdir, "best", "test")
     results["calibration"] = cal.to_json()

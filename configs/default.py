@@ -78,9 +78,10 @@ def get_config() -> ml_collections.ConfigDict:
     )
     # --mode calibrate (flowers_jax/trust.py): "not sure" below the threshold that keeps at most
     # target_risk errors among the answered val photos, by the score with the lowest val AURC ("auto")
-    # or a named one (msp, margin, max_logit); "not one of my flowers" when the open-set score (msp,
-    # max_logit, energy, cosine) is below the value that keeps known_recall of val photos.
+    # or a named one (msp, margin, max_logit); "not one of my flowers" when the open-set score (one of
+    # abstain.OPENSET_SCORES; relative Mahalanobis measured best on held-out species) is below the value
+    # that keeps known_recall of val photos.
     c.trust = ml_collections.ConfigDict(
-        dict(target_risk=0.02, selective_score="auto", openset_score="cosine", known_recall=0.96)
+        dict(target_risk=0.02, selective_score="auto", openset_score="relative_mahalanobis", known_recall=0.96)
     )
     return c

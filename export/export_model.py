@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             jax2tf=not args.no_jax2tf,
             overwrite=args.overwrite,
             trust=todo.calibration.for_export() if todo.calibration else None,
-            class_means=todo.calibration.class_means if todo.calibration else None,
+            embedding_stats=todo.calibration.stats if todo.calibration else None,
         )
     except parity.ParityError as e:
         print(f"EXPORT FAILED: {e}", file=sys.stderr)

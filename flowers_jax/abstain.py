@@ -5,7 +5,8 @@ flowers" (open-set rejection), each a score per photo and a threshold chosen on 
     curve = risk_coverage(s, correct)                         # the risk-coverage curve, AURC
     tau = threshold_for_risk(s, correct, target_risk=0.02)    # answer when s >= tau
 
-    o = openset_score("energy", logits, embeddings, class_means)   # higher = more like a known flower
+    stats = fit_embedding_stats(train_embeddings, train_labels, num_classes)
+    o = openset_score("relative_mahalanobis", logits, embeddings, stats)  # higher = more like a known flower
     t = threshold_for_known_recall(o_val_flowers, 0.96)            # flag when o < t
     openset_report(o_known, o_unknown)                             # AUROC, FPR at 95% TPR
 
@@ -31,8 +32,15 @@ CONFIDENCE_SCORES = ("msp", "margin", "max_logit")
 # Open-set ("is this one of my flowers?") scores; higher = more like a known class:
 #   msp, max_logit as above; energy = T * logsumexp(z / T) (Liu et al. 2020, negative free energy);
 #   cosine     max over classes of the cosine similarity between the pooled embedding and that
-#              class's mean training embedding (needs embeddings and class means).
-OPENSET_SCORES = ("msp", "max_logit", "energy", "cosine")
+#              class's mean training embedding;
+#   mahalanobis          minus the smallest squared Mahalanobis distance of the embedding to a class
+#                        mean, with one covariance shared by the classes (Lee et al. 2018);
+#   relative_mahalanobis that minus the squared distance to one Gaussian of all training photos
+#                        (Ren et al. 2021): what is far from every flower class *and* unlike flowers in
+#                        general, rather than merely far from the data's centre.
+# The last three need the embeddings and EmbeddingStats of the training photos.
+OPENSET_SCORES = ("msp", "max_logit", "energy", "cosine", "mahalanobis", "relative_mahalanobis")
+EMBEDDING_SCORES = ("cosine", "mahalanobis", "relative_mahalanobis")
 
 
 def confidence_score(name: str, logits: np.ndarray, *, temperature: float = 1.0) -> np.ndarray:
@@ -61,25 +69,85 @@ def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) ->
     return _unit(sums) * (np.bincount(labels, minlength=num_classes) > 0)[:, None]
 
 
+@dataclasses.dataclass
+class EmbeddingStats:
+    """What the embedding scores know of the training photos' pooled embeddings (D = embedding width).
+
+    The arrays are float32 and stored (workdir, export) in the order of ARRAYS, so that the page and
+    Python compute with the same numbers.
+    """
+
+    unit_means: np.ndarray  # [C, D] unit class means of unit embeddings (cosine)
+    means: np.ndarray  # [C, D] class means
+    precision: np.ndarray  # [D, D] inverse of the shared within-class covariance (Ledoit-Wolf shrunk)
+    background_mean: np.ndarray  # [D] mean of all training embeddings
+    background_precision: np.ndarray  # [D, D] inverse of their (shrunk) covariance
+
+    ARRAYS = ("unit_means", "means", "precision", "background_mean", "background_precision")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in self.ARRAYS}
+
+
+def fit_embedding_stats(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> EmbeddingStats:
+    """The class Gaussians (one shared covariance) and the background Gaussian of embeddings [N, D].
+
+    With ~10 photos a class and D >= 1000 the sample covariance is singular; Ledoit-Wolf shrinkage
+    (scikit-learn) gives a well-conditioned estimate without a tuning parameter.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(embeddings, np.float64)
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=num_classes)
+    means = np.zeros((num_classes, x.shape[-1]))
+    np.add.at(means, labels, x)
+    means /= np.maximum(counts, 1)[:, None]
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return EmbeddingStats(
+        unit_means=f32(class_means(x, labels, num_classes)),
+        means=f32(means),
+        precision=f32(LedoitWolf().fit(x - means[labels]).precision_),
+        background_mean=f32(x.mean(0)),
+        background_precision=f32(LedoitWolf().fit(x).precision_),
+    )
+
+
+def _squared_mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """(x - m)^T P (x - m) of x [N, D] to each mean [K, D] -> [N, K], expanded as
+    x^T P x - 2 (P x) . m + m^T P m (P is symmetric), in float64: a D x D product per photo rather
+    than one per photo and class, which is what makes it cheap enough for the page to repeat per frame."""
+    p = np.asarray(precision, np.float64)
+    m = np.asarray(means, np.float64)
+    px = x @ p
+    return (px * x).sum(-1)[:, None] - 2.0 * px @ m.T + ((m @ p) * m).sum(-1)[None]
+
+
 def openset_score(
     name: str,
     logits: np.ndarray,
     embeddings: np.ndarray | None = None,
-    means: np.ndarray | None = None,
+    stats: EmbeddingStats | None = None,
     *,
     temperature: float = 1.0,
 ) -> np.ndarray:
-    """Per-photo "known flower" score [N] (see OPENSET_SCORES); `cosine` needs embeddings [N, D]
-    and class means [C, D] from `class_means`."""
+    """Per-photo "known flower" score [N] (see OPENSET_SCORES); the EMBEDDING_SCORES need
+    embeddings [N, D] and the training photos' EmbeddingStats."""
     if name in ("msp", "max_logit"):
         return confidence_score(name, logits, temperature=temperature)
     if name == "energy":
         return temperature * special.logsumexp(np.asarray(logits, np.float64) / temperature, axis=-1)
+    if name not in OPENSET_SCORES:
+        raise ValueError(f"unknown open-set score {name!r}; use one of {OPENSET_SCORES}")
+    if embeddings is None or stats is None:
+        raise ValueError(f"the {name} open-set score needs embeddings and the training photos' EmbeddingStats")
+    x = np.asarray(embeddings, np.float64)
     if name == "cosine":
-        if embeddings is None or means is None:
-            raise ValueError("the cosine open-set score needs embeddings and class means")
-        return (_unit(embeddings) @ np.asarray(means, np.float64).T).max(-1)
-    raise ValueError(f"unknown open-set score {name!r}; use one of {OPENSET_SCORES}")
+        return (_unit(x) @ np.asarray(stats.unit_means, np.float64).T).max(-1)
+    nearest = _squared_mahalanobis(x, stats.means, stats.precision).min(-1)
+    if name == "mahalanobis":
+        return -nearest
+    return _squared_mahalanobis(x, stats.background_mean[None], stats.background_precision)[:, 0] - nearest
 
 
 @dataclasses.dataclass

@@ -4,7 +4,7 @@ eval      -> <workdir>/eval/<checkpoint>/<split>/: metrics.json, per_class.{csv,
              confusion_matrix.png, confused_pairs.{csv,md}, reliability.png, risk_coverage.png, guard.json
 predict   -> <workdir>/predict/<checkpoint>/<split>/: submission.csv (id,label),
              probabilities.npz (ids, probs[, decision]), guard.json
-calibrate -> <workdir>/calibration.json (+ calibration_class_means.npy, calibration_reliability.png):
+calibrate -> <workdir>/calibration.json (+ calibration_embeddings.npz, calibration_reliability.png):
              temperature, "not sure" and "not one of my flowers" thresholds (flowers_jax/trust.py)
 
 eval and predict use calibration.json when it belongs to the checkpoint and image size evaluated
@@ -252,7 +252,8 @@ def run_calibrate(
     """Fits calibration.json for checkpoint `which` at config.data.image_size on labelled `split`.
 
     Without test-time augmentation (the exported model and the page have none). The class means of
-    the cosine open-set score come from the training split's embeddings. Writes nothing on error.
+    the embedding statistics (open-set scores, and the page's "add a species") come from the training
+    split's embeddings, read as evaluation reads them. Writes nothing on error.
     """
     config = config.copy_and_resolve_references()
     config.eval.tta = ""
@@ -263,15 +264,13 @@ def run_calibrate(
         trust.check_fittable(outputs.labels, split)
     except trust.CalibrationError as e:
         raise EvalError(str(e)) from None
-    means = None
-    if config.trust.openset_score == "cosine":
-        train = predict_split(config, variables, config.data.train_split)
-        means = abstain.class_means(train.embeddings, train.labels, config.num_classes)
+    train = predict_split(config, variables, config.data.train_split)
+    stats = abstain.fit_embedding_stats(train.embeddings, train.labels, config.num_classes)
     cal = trust.fit(
         outputs.logits[0],
         outputs.labels,
         outputs.embeddings,
-        means,
+        stats,
         trust=config.trust,
         checkpoint={"which": which, "step": info["step"]},
         image_size=config.data.image_size,

@@ -13,6 +13,7 @@ metadata.json): the score names (formulas in flowers_jax/abstain.py) and their t
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from typing import Any
@@ -24,7 +25,7 @@ import tensorflow as tf
 from flowers_jax import abstain, calibration
 
 CALIBRATION_FILE = "calibration.json"
-CLASS_MEANS_FILE = "calibration_class_means.npy"  # [C, D] unit class-mean embeddings (cosine score)
+STATS_FILE = "calibration_embeddings.npz"  # abstain.EmbeddingStats of the training photos
 MIN_PHOTOS = 100  # fewer cannot place a 2% risk threshold (two errors would be 2% of them)
 
 
@@ -34,7 +35,7 @@ class CalibrationError(ValueError):
 
 @dataclasses.dataclass
 class Calibration:
-    """What calibration.json holds (class_means lives beside it as .npy)."""
+    """What calibration.json holds (the embedding statistics live beside it, in STATS_FILE)."""
 
     temperature: float
     image_size: int
@@ -43,11 +44,11 @@ class Calibration:
     val: dict[str, Any]  # {"before": calibration_metrics, "after": ...}
     selective: dict[str, Any]  # {"score", "threshold", "target_risk", "val": {...}, "candidates": {...}}
     openset: dict[str, Any]  # {"score", "threshold", "known_recall", "val": {...}}
-    class_means: np.ndarray | None = None
+    stats: abstain.EmbeddingStats | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("class_means")
+        d.pop("stats")
         return d
 
     def for_export(self) -> dict[str, Any]:
@@ -63,13 +64,13 @@ class Calibration:
             "not_sure": {k: self.selective[k] for k in ("score", "threshold", "target_risk")}
             | {"val_coverage": self.selective["val"]["coverage"], "val_risk": self.selective["val"]["risk"]},
             "not_a_known_flower": {k: self.openset[k] for k in ("score", "threshold", "known_recall")},
-            "scores": "flowers_jax/abstain.py (msp, margin, max_logit, energy, cosine); the page mirrors them",
+            "scores": "flowers_jax/abstain.py (" + ", ".join(abstain.OPENSET_SCORES) + "); the page mirrors them",
         }
 
     def decide(self, logits: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
         """ "unknown" / "not_sure" / "answer" per photo, from logits [N, C] (and embeddings [N, D])."""
         known = abstain.openset_score(
-            self.openset["score"], logits, embeddings, self.class_means, temperature=self.temperature
+            self.openset["score"], logits, embeddings, self.stats, temperature=self.temperature
         )
         sure = abstain.confidence_score(self.selective["score"], logits, temperature=self.temperature)
         out = np.where(sure >= self.selective["threshold"], "answer", "not_sure").astype(object)
@@ -92,7 +93,7 @@ def fit(
     logits: np.ndarray,
     labels: np.ndarray,
     embeddings: np.ndarray | None,
-    means: np.ndarray | None,
+    stats: abstain.EmbeddingStats | None,
     *,
     trust: ml_collections.ConfigDict,
     checkpoint: dict[str, Any],
@@ -104,7 +105,8 @@ def fit(
     Args:
       logits: [N, C] of the split at `image_size`, no test-time augmentation (the page has none).
       labels: [N].
-      embeddings, means: [N, D] pooled embeddings and [C, D] class means (for the cosine score).
+      embeddings, stats: [N, D] pooled embeddings and the training photos' abstain.EmbeddingStats
+        (for the embedding open-set scores; None when the score needs none).
       trust: config.trust (target_risk, selective_score, openset_score, known_recall).
     """
     check_fittable(labels, split)
@@ -118,7 +120,7 @@ def fit(
         tau = abstain.threshold_for_risk(s, correct, trust.target_risk)
         candidates[name] = {"aurc": curve.aurc, "threshold": tau, **curve.at(tau, s, correct)}
     best = min(candidates, key=lambda n: candidates[n]["aurc"])
-    known = abstain.openset_score(trust.openset_score, logits, embeddings, means, temperature=t)
+    known = abstain.openset_score(trust.openset_score, logits, embeddings, stats, temperature=t)
     known_t = abstain.threshold_for_known_recall(known, trust.known_recall)
     return Calibration(
         temperature=t,
@@ -144,15 +146,17 @@ def fit(
             "known_recall": float(trust.known_recall),
             "val_known_flagged": float(np.mean(known < known_t)),
         },
-        class_means=None if means is None else np.asarray(means, np.float32),
+        stats=stats,
     )
 
 
 def save(workdir: str, cal: Calibration) -> str:
     path = os.path.join(workdir, CALIBRATION_FILE)
-    if cal.class_means is not None:
-        with tf.io.gfile.GFile(os.path.join(workdir, CLASS_MEANS_FILE), "wb") as f:
-            np.save(f, cal.class_means)
+    if cal.stats is not None:
+        buffer = io.BytesIO()  # np.savez seeks back into its zip file, which a GFile (gs://) cannot
+        np.savez(buffer, **cal.stats.arrays())
+        with tf.io.gfile.GFile(os.path.join(workdir, STATS_FILE), "wb") as f:
+            f.write(buffer.getvalue())
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(cal.to_json(), f, indent=2)
     return path
@@ -165,12 +169,16 @@ def load(workdir: str) -> Calibration | None:
         return None
     with tf.io.gfile.GFile(path) as f:
         d = json.load(f)
-    means_path = os.path.join(workdir, CLASS_MEANS_FILE)
-    means = None
-    if d["openset"]["score"] == "cosine":
-        with tf.io.gfile.GFile(means_path, "rb") as f:
-            means = np.load(f)
-    return Calibration(**d, class_means=means)
+    stats_path = os.path.join(workdir, STATS_FILE)
+    stats = None
+    if tf.io.gfile.exists(stats_path):
+        with tf.io.gfile.GFile(stats_path, "rb") as f, np.load(io.BytesIO(f.read())) as z:
+            stats = abstain.EmbeddingStats(**{k: z[k] for k in abstain.EmbeddingStats.ARRAYS})
+    elif d["openset"]["score"] in abstain.EMBEDDING_SCORES:
+        raise CalibrationError(
+            f"{path} uses the {d['openset']['score']} score but {stats_path} is missing; run `--mode calibrate` again"
+        )
+    return Calibration(**d, stats=stats)
 
 
 def load_matching(workdir: str, *, step: int, image_size: int, mode: str = "auto") -> Calibration | None:

@@ -152,7 +152,7 @@ def test_calibrate_then_eval_and_predict_use_it(calibrated_workdir):
     assert cal["image_size"] == 64 and cal["split"] == "val" and cal["val"]["examples"] == 104
     assert cal["val"]["after"]["nll"] <= cal["val"]["before"]["nll"] + 1e-9
     assert (calibrated_workdir / "calibration_reliability.png").stat().st_size > 10_000
-    assert (calibrated_workdir / "calibration_class_means.npy").exists()  # the default cosine score's
+    assert (calibrated_workdir / "calibration_embeddings.npz").exists()  # the embedding scores' statistics
 
     proc = _main(calibrated_workdir, "--mode=eval")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -189,18 +189,23 @@ def test_refused_camera_backend_fallback_and_missing_model(exported, tmp_path):
 def _state_calibration(variables, photos):
     """A calibration (T = 1: the export's) whose thresholds put three of `photos` in the page's three
     states: A (the surest) answered, B (the least sure) "not sure", C (the one least like A and B) "not
-    one of mine", with the cosine open-set score over class means made from A's and B's embeddings."""
+    one of mine", with the relative Mahalanobis open-set score of Gaussians made from A's and B's
+    embeddings (the page computes it from embedding_stats.bin)."""
     from flowers_jax import abstain, trust
 
     ref = exporter.flax_outputs(MODEL, variables, photos)
     msp = parity.softmax(ref["logits"]).max(1)
     a, b = int(np.argmax(msp)), int(np.argmin(msp))
-    means = np.zeros((len(CLASSES), ref["embedding"].shape[1]))
-    means[:2] = abstain.class_means(ref["embedding"][[a, b]], np.array([0, 1]), 2)
-    cos = abstain.openset_score("cosine", ref["logits"], ref["embedding"], means)
+    # Classes 0 and 1: A and B with their mirror images (two photos a class, so a covariance exists);
+    # the background Gaussian is fitted to the same four.
+    emb = ref["embedding"][[a, a, b, b]] * np.array([1.0, 1.01, 1.0, 1.01])[:, None]
+    stats = abstain.fit_embedding_stats(emb, np.array([0, 0, 1, 1]), len(CLASSES))
+    known = abstain.openset_score("relative_mahalanobis", ref["logits"], ref["embedding"], stats)
     others = [i for i in range(len(photos)) if i not in (a, b)]
-    c = min(others, key=lambda i: cos[i])
-    assert cos[c] < 0.99  # a margin far above float32 round-off between Flax and the page
+    c = min(others, key=lambda i: known[i])
+    threshold = float(known[c] + min(known[a], known[b])) / 2
+    # margins far above float64-vs-float32 round-off between Python and the page
+    assert min(known[a], known[b]) - threshold > 1e-3 * abs(threshold) and threshold - known[c] > 1e-3 * abs(threshold)
     cal = trust.Calibration(
         temperature=1.0,
         image_size=SIZE,
@@ -213,8 +218,8 @@ def _state_calibration(variables, photos):
             "target_risk": 0.02,
             "val": {"coverage": 0.5, "risk": 0.0},
         },
-        openset={"score": "cosine", "threshold": float(cos[c] + 1) / 2, "known_recall": 0.95},
-        class_means=means.astype(np.float32),
+        openset={"score": "relative_mahalanobis", "threshold": threshold, "known_recall": 0.95},
+        stats=stats,
     )
     return cal, {"answer": a, "not_sure": b, "unknown": c}
 
@@ -232,9 +237,9 @@ def test_page_states_answer_not_sure_and_not_one_of_mine(exported, tmp_path):
     calibrated = tmp_path / "calibrated"
     shutil.copytree(out, calibrated)
     meta = json.loads((calibrated / "metadata.json").read_text())
-    meta["trust"] = cal.for_export()
+    layout = exporter.write_stats(calibrated / exporter.STATS_FILE, cal.stats)
+    meta["trust"] = cal.for_export() | {"embedding_stats": layout}
     (calibrated / "metadata.json").write_text(json.dumps(meta))
-    cal.class_means.astype("<f4").tofile(calibrated / exporter.CLASS_MEANS_FILE)
 
     with browser.serve(calibrated) as url:
         for state, i in which.items():

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from training_runs import ROOT, env, main_command
 
-from flowers_jax import inference
+from flowers_jax import abstain, inference
 from flowers_jax.export import browser, exporter, images, onnx_export, parity
 
 pytest.importorskip("keras")
@@ -54,9 +54,18 @@ def test_smoke_export_parity_and_metadata(smoke_export, calibrated_smoke):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["trust"]["calibrated"] and meta["trust"]["temperature"] == cal["temperature"]
     assert meta["trust"]["not_sure"]["threshold"] == cal["selective"]["threshold"]
-    assert meta["trust"]["not_a_known_flower"]["score"] == cal["openset"]["score"] == "cosine"
-    means = np.fromfile(out / exporter.CLASS_MEANS_FILE, "<f4").reshape(8, -1)
-    np.testing.assert_allclose(means, np.load(calibrated_smoke / "calibration_class_means.npy"))
+    assert meta["trust"]["not_a_known_flower"]["score"] == cal["openset"]["score"] == "relative_mahalanobis"
+    # embedding_stats.bin: the calibration's arrays, in the order and shapes metadata.json gives.
+    layout = meta["trust"]["embedding_stats"]
+    flat = np.fromfile(out / layout["file"], "<f4")
+    with np.load(calibrated_smoke / "calibration_embeddings.npz") as saved:
+        offset = 0
+        for a in layout["arrays"]:
+            n = int(np.prod(a["shape"]))
+            np.testing.assert_array_equal(flat[offset : offset + n].reshape(a["shape"]), saved[a["name"]])
+            offset += n
+        assert offset == flat.size and [a["name"] for a in layout["arrays"]] == list(abstain.EmbeddingStats.ARRAYS)
+        assert layout["arrays"][2]["shape"] == [saved["means"].shape[1]] * 2  # the shared precision, D x D
     photos = images.skimage_photos(count=32, size=64)
     ref = exporter.flax_outputs(config.model, variables, photos)
     onnx = onnx_export.run(out / exporter.ONNX_FILE, photos)

@@ -70,10 +70,11 @@ def test_risk_coverage_and_threshold_by_hand():
 
 def test_openset_scores_and_report():
     rng = np.random.default_rng(1)
-    means = abstain.class_means(rng.normal(size=(30, 8)), np.repeat(np.arange(3), 10), 4)
+    stats = abstain.fit_embedding_stats(rng.normal(size=(30, 8)), np.repeat(np.arange(3), 10), 4)
+    means = stats.unit_means
     assert np.allclose(np.linalg.norm(means[:3], axis=1), 1) and not means[3].any()  # class 3 has no photos
     emb = means[[0, 1]] * 5.0
-    np.testing.assert_allclose(abstain.openset_score("cosine", np.zeros((2, 4)), emb, means), [1.0, 1.0])
+    np.testing.assert_allclose(abstain.openset_score("cosine", np.zeros((2, 4)), emb, stats), [1.0, 1.0])
     logits = np.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     np.testing.assert_allclose(abstain.openset_score("energy", logits), np.log(np.exp(logits).sum(1)))
     np.testing.assert_allclose(abstain.openset_score("max_logit", logits), [2.0, 0.0])
@@ -94,6 +95,36 @@ def _trust_config(**kw):
     )
 
 
+def test_mahalanobis_scores_against_scipy_and_scikit_learn():
+    """The class Gaussians share one Ledoit-Wolf covariance of the within-class residuals; the
+    background Gaussian is fitted to all photos; distances as scipy computes them."""
+    from scipy.spatial import distance
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(3), 12)
+    x = rng.normal(size=(36, 5)) + 3.0 * np.eye(5)[labels]
+    stats = abstain.fit_embedding_stats(x, labels, 3)
+    means = np.stack([x[labels == c].mean(0) for c in range(3)])
+    np.testing.assert_allclose(stats.means, means, rtol=1e-6)
+    np.testing.assert_allclose(stats.precision, LedoitWolf().fit(x - means[labels]).precision_, rtol=1e-5)
+    np.testing.assert_allclose(stats.background_precision, LedoitWolf().fit(x).precision_, rtol=1e-5)
+    q = rng.normal(size=(4, 5)) * 2
+    p, bp = stats.precision.astype(np.float64), stats.background_precision.astype(np.float64)
+    nearest = np.array([min(distance.mahalanobis(e, m, p) ** 2 for m in stats.means) for e in q])
+    background = np.array([distance.mahalanobis(e, stats.background_mean, bp) ** 2 for e in q])
+    logits = np.zeros((4, 3))
+    np.testing.assert_allclose(abstain.openset_score("mahalanobis", logits, q, stats), -nearest, rtol=1e-9)
+    np.testing.assert_allclose(
+        abstain.openset_score("relative_mahalanobis", logits, q, stats), background - nearest, rtol=1e-9
+    )
+    # A photo at a class mean is more "known" than one far from every class.
+    far = abstain.openset_score("relative_mahalanobis", logits[:2], np.stack([means[0], means[0] + 30]), stats)
+    assert far[0] > far[1]
+    with pytest.raises(ValueError, match="relative_mahalanobis open-set score needs embeddings"):
+        abstain.openset_score("relative_mahalanobis", logits)
+
+
 def test_fit_save_load_and_decide(tmp_path):
     logits, labels = _overconfident(n=400, scale=0.25)  # under-confident, as our models are
     cal = trust.fit(
@@ -105,7 +136,7 @@ def test_fit_save_load_and_decide(tmp_path):
     assert cal.openset["val_known_flagged"] == pytest.approx(0.1, abs=0.01)
     trust.save(str(tmp_path), cal)
     back = trust.load_matching(str(tmp_path), step=7, image_size=64)
-    assert back.to_json() == cal.to_json()
+    assert back.to_json() == cal.to_json() and back.stats is None
     decisions = back.decide(logits)
     assert set(decisions) <= {"answer", "not_sure", "unknown"}
     answered = decisions == "answer"
@@ -125,3 +156,24 @@ def test_fit_refuses_unlabelled_and_small_splits():
         trust.fit(logits, labels, None, None, **common)
     with pytest.raises(trust.CalibrationError, match="has no labels"):
         trust.check_fittable(None, "test")
+
+
+def test_embedding_stats_saved_beside_the_calibration(tmp_path):
+    """The statistics round-trip exactly, the decision uses them, and a calibration whose score
+    needs them refuses to load without them (saying what to run)."""
+    rng = np.random.default_rng(3)
+    logits, labels = _overconfident(n=300, scale=0.5)
+    emb = rng.normal(size=(300, 6)) + np.eye(10, 6)[labels] * 4
+    stats = abstain.fit_embedding_stats(emb, labels, 10)
+    config = _trust_config()
+    config.openset_score = "relative_mahalanobis"
+    cal = trust.fit(logits, labels, emb, stats, trust=config, checkpoint={"which": "best", "step": 3}, image_size=32)
+    trust.save(str(tmp_path), cal)
+    back = trust.load(str(tmp_path))
+    for name, a in stats.arrays().items():
+        np.testing.assert_array_equal(getattr(back.stats, name), a)
+    np.testing.assert_array_equal(back.decide(logits, emb), cal.decide(logits, emb))
+    assert np.mean(cal.decide(logits, emb) == "unknown") == pytest.approx(1 - config.known_recall, abs=0.01)
+    (tmp_path / trust.STATS_FILE).unlink()
+    with pytest.raises(trust.CalibrationError, match="relative_mahalanobis score but .* is missing.*--mode calibrate"):
+        trust.load(str(tmp_path))

@@ -3,7 +3,7 @@
 //
 // Files it expects next to it (the exporter puts them there): metadata.json (class names, input
 // size, and `trust`: temperature and thresholds), tfjs_model/model.json (+ weight shards), vendor/
-// (TF.js and its wasm binaries), class_means.bin when the open-set score is "cosine".
+// (TF.js and its wasm binaries), embedding_stats.bin (the training photos' embedding statistics).
 // The model takes RGB 0-255 and normalises itself: the page never normalises.
 // The model's probabilities output is already softmax(logits / T); the scores below mirror
 // flowers_jax/abstain.py exactly (tests compare the two).
@@ -41,7 +41,8 @@ const state = {
   frame: 0,               // predictions made so far
   last: null,             // {top5: [{index, name, prob}], decision, scores, ms, source, frame}
   trust: null,            // metadata.trust: {calibrated, temperature, not_sure, not_a_known_flower}
-  classMeans: null,       // Float32Array [C * D] for the cosine open-set score
+  stats: null,            // {unit_means, means, precision, background_mean, background_precision}: Float32Arrays
+                          // (row-major, shapes in metadata.trust.embedding_stats), plus the cached m^T P m terms
   lastPixels: null,       // Uint8ClampedArray RGBA of the size x size input of `last`
   lastEmbedding: null,    // Float32Array [D] of `last`: the pooled features (for adding species on the device)
   errors: [],
@@ -177,6 +178,66 @@ function confidenceScore(name, logits, probs) {
   throw new Error(`unknown confidence score ${name}`);
 }
 
+// x^T P x - 2 (P x) . m_k + m_k^T P m_k for each row m_k of means [K * D] (as abstain.py expands it;
+// `terms` holds the m_k^T P m_k, computed once at load). JS numbers are float64, as in Python.
+function quadTerms(means, precision, d) {
+  const k = means.length / d;
+  const out = new Float64Array(k);
+  for (let r = 0; r < k; r++) {
+    const pm = matVec(precision, means.subarray(r * d, (r + 1) * d), d);
+    let t = 0;
+    for (let i = 0; i < d; i++) t += pm[i] * means[r * d + i];
+    out[r] = t;
+  }
+  return out;
+}
+
+function matVec(p, x, d) {  // P x for symmetric P [D * D]
+  const out = new Float64Array(d);
+  for (let i = 0; i < d; i++) {
+    let t = 0;
+    const row = i * d;
+    for (let j = 0; j < d; j++) t += p[row + j] * x[j];
+    out[i] = t;
+  }
+  return out;
+}
+
+function squaredMahalanobis(x, means, precision, terms) {
+  const d = x.length;
+  const px = matVec(precision, x, d);
+  let xpx = 0;
+  for (let i = 0; i < d; i++) xpx += px[i] * x[i];
+  const out = new Float64Array(terms.length);
+  for (let r = 0; r < terms.length; r++) {
+    let dot = 0;
+    for (let i = 0; i < d; i++) dot += px[i] * means[r * d + i];
+    out[r] = xpx - 2 * dot + terms[r];
+  }
+  return out;
+}
+
+// embedding_stats.bin: float32 arrays one after another, named and shaped by metadata.trust.embedding_stats.
+async function loadStats(layout) {
+  const response = await fetch(layout.file);
+  if (!response.ok) throw new Error(`Model incomplete: ${layout.file}: HTTP ${response.status}`);
+  const buffer = await response.arrayBuffer();
+  const stats = {};
+  let offset = 0;
+  for (const { name, shape } of layout.arrays) {
+    const n = shape.reduce((a, b) => a * b, 1);
+    stats[name] = new Float32Array(buffer, offset * 4, n);
+    offset += n;
+  }
+  if (offset * 4 !== buffer.byteLength) {
+    throw new Error(`Model incomplete: ${layout.file} holds ${buffer.byteLength} bytes, metadata.json says ${offset * 4}`);
+  }
+  const d = stats.background_mean.length;
+  stats.meansTerm = quadTerms(stats.means, stats.precision, d);
+  stats.backgroundTerm = quadTerms(stats.background_mean, stats.background_precision, d);
+  return stats;
+}
+
 function opensetScore(name, logits, probs, embedding, temperature) {
   if (name === 'msp' || name === 'max_logit') return confidenceScore(name, logits, probs);
   if (name === 'energy') {  // T * logsumexp(z / T)
@@ -185,18 +246,25 @@ function opensetScore(name, logits, probs, embedding, temperature) {
     for (const z of logits) sum += Math.exp((z - m) / temperature);
     return m + temperature * Math.log(sum);
   }
+  const st = state.stats;
+  if (!st) throw new Error(`the ${name} open-set score needs embedding_stats.bin`);
+  const d = embedding.length;
   if (name === 'cosine') {  // max over classes of cos(embedding, unit class mean)
-    const d = embedding.length;
     let norm = 0;
     for (const v of embedding) norm += v * v;
     norm = Math.max(Math.sqrt(norm), 1e-12);
     let best = -Infinity;
-    for (let c = 0; c < state.classMeans.length / d; c++) {
+    for (let c = 0; c < st.unit_means.length / d; c++) {
       let dot = 0;
-      for (let i = 0; i < d; i++) dot += embedding[i] * state.classMeans[c * d + i];
+      for (let i = 0; i < d; i++) dot += embedding[i] * st.unit_means[c * d + i];
       best = Math.max(best, dot / norm);
     }
     return best;
+  }
+  const nearest = Math.min(...squaredMahalanobis(embedding, st.means, st.precision, st.meansTerm));
+  if (name === 'mahalanobis') return -nearest;
+  if (name === 'relative_mahalanobis') {
+    return squaredMahalanobis(embedding, st.background_mean, st.background_precision, st.backgroundTerm)[0] - nearest;
   }
   throw new Error(`unknown open-set score ${name}`);
 }
@@ -394,10 +462,8 @@ async function main() {
   $('calibration').textContent = state.trust && state.trust.calibrated
     ? `confidence calibrated (T = ${state.trust.temperature.toFixed(2)})`
     : 'confidence not calibrated';
-  if (state.trust && state.trust.calibrated && state.trust.not_a_known_flower.score === 'cosine') {
-    const response = await fetch('class_means.bin');
-    if (!response.ok) throw new Error(`Model incomplete: class_means.bin: HTTP ${response.status}`);
-    state.classMeans = new Float32Array(await response.arrayBuffer());
+  if (state.trust && state.trust.calibrated && state.trust.embedding_stats) {
+    state.stats = await loadStats(state.trust.embedding_stats);
   }
   setStatus('Loading the model…');
   let loaded;

@@ -8,7 +8,8 @@ Output folder:
   keras_saved_model/                    the Keras twin's `model.export()` SavedModel
   jax2tf_saved_model/                   the exact JAX function, for TF Serving
   metadata.json  parity.json
-  class_means.bin                       [C, D] float32 class-mean embeddings (with a cosine open-set score)
+  embedding_stats.bin                   the training photos' embedding statistics, float32 (metadata.json
+                                        trust.embedding_stats gives each array's name and shape, in order)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from flowers_jax import models
+from flowers_jax import abstain, models
 from flowers_jax.export import metadata, onnx_export, parity, savedmodel, tfjs, twin, web
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,23 @@ MIN_PARITY_IMAGES = 32
 # float32 limit on |dprob| cannot hold. Such a model is held to top-1 agreement and this.
 FLOAT16_MAX_ABS_PROB = 2e-2
 
-TFJS_DIR, ONNX_FILE, CLASS_MEANS_FILE = "tfjs_model", "model.onnx", "class_means.bin"
+TFJS_DIR, ONNX_FILE, STATS_FILE = "tfjs_model", "model.onnx", "embedding_stats.bin"
 KERAS_SAVED_MODEL, JAX2TF_SAVED_MODEL = "keras_saved_model", "jax2tf_saved_model"
 MARKER = ".flowers_jax_export"  # lets overwrite=True delete only folders an export wrote
+
+
+def write_stats(path: pathlib.Path, stats: abstain.EmbeddingStats) -> dict[str, Any]:
+    """Writes the arrays of `stats` one after another as little-endian float32 (what a browser's
+    Float32Array reads without copying) and returns their layout for metadata.json."""
+    arrays = stats.arrays()
+    with open(path, "wb") as f:
+        for a in arrays.values():
+            np.ascontiguousarray(a, "<f4").tofile(f)
+    return {
+        "file": path.name,
+        "dtype": "float32",
+        "arrays": [{"name": k, "shape": list(np.shape(a))} for k, a in arrays.items()],
+    }
 
 
 @dataclasses.dataclass
@@ -123,7 +138,7 @@ def export_model(
     jax2tf: bool = True,
     overwrite: bool = False,
     trust: dict[str, Any] | None = None,
-    class_means: np.ndarray | None = None,
+    embedding_stats: abstain.EmbeddingStats | None = None,
 ) -> ExportResult:
     """Exports a trained model and checks every artefact against Flax before reporting success.
 
@@ -145,7 +160,8 @@ def export_model(
       trust: the calibration (`flowers_jax.trust.Calibration.for_export()`): its temperature is baked
         into every artefact's probabilities output, the rest goes to metadata.json for the page.
         None: an uncalibrated export (T = 1; the page says so).
-      class_means: [C, D] for a cosine open-set score, written as class_means.bin.
+      embedding_stats: the calibration's statistics of the training embeddings (embedding open-set
+        scores, and the page's "add a species"), written as embedding_stats.bin.
     Returns:
       ExportResult.
     Raises:
@@ -214,9 +230,9 @@ def export_model(
     step("parity passed; writing metadata.json and the web demo")
 
     web.install(out_dir)
-    if class_means is not None:
-        np.ascontiguousarray(class_means, "<f4").tofile(out_dir / CLASS_MEANS_FILE)
-        files["class_means"] = CLASS_MEANS_FILE
+    if embedding_stats is not None:
+        trust = dict(trust or {}, embedding_stats=write_stats(out_dir / STATS_FILE, embedding_stats))
+        files["embedding_stats"] = STATS_FILE
     licences = {"data": metadata.DATA_LICENCE, "code": "Apache-2.0 (flowers_jax)", **(licences or {})}
     licences.setdefault("weights", metadata.weights_licence(checkpoint_info.get("pretrained")))
     meta = metadata.build(

@@ -76,7 +76,7 @@ OFFLINE_GLOBS = (
     "vendor/*",
     "metadata.json",
     "tfjs_model/*",
-    "class_means.bin",
+    "embedding_stats.bin",
 )
 
 
