@@ -35,8 +35,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.pretrained = "torch:efficientnet_lite0"
     c.num_classes = 104
     c.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU. Parameters stay float32.
-    c.depthwise_impl = "auto"  # "conv" on TPU/GPU, "shift" on CPU (see models/layers.py)
-    c.bn_momentum = 0.0  # 0: the architecture's (Keras's) BatchNorm momentum; short runs want ~0.9
+    # Layer implementations (flowers_jax/models/kernels.py): "auto" uses the hand-written XLA:CPU layers
+    # on the CPU backend only and flax's nn.Conv / nn.BatchNorm elsewhere; "cpu" / "xla" force one.
+    # Same variables either way. depthwise_impl overrides the depthwise convolution alone ("shift",
+    # "conv"; "auto" follows kernels).
+    c.kernels = "auto"
+    c.depthwise_impl = "auto"
+    # BatchNorm running-average momentum: None is the architecture's (Keras's: 0.99, MobileNetV2 0.999);
+    # short runs want ~0.9.
+    c.bn_momentum = ml_collections.config_dict.placeholder(float)
     c.seed = 0
 
     c.data = data_config()

@@ -30,8 +30,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("num_classes", f"must be >= 2, got {config.num_classes}")
     if config.dtype not in ("float32", "bfloat16"):
         _fail("dtype", f"must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    if config.depthwise_impl not in ("auto", "conv", "shift"):
-        _fail("depthwise_impl", f"must be 'auto', 'conv' or 'shift', got {config.depthwise_impl!r}")
+    _validate_kernels(config)
     if config.batch_size < 1 or config.batch_size % jax.device_count():
         _fail("batch_size", f"{config.batch_size} must be a positive multiple of the {jax.device_count()} devices")
     if config.class_weights not in ("none", "balanced"):
@@ -76,6 +75,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         optim._parse_scales(item)
                 except (optim.ParamGroupError, ValueError) as e:
                     _fail(f"stages.{key}.{field}", str(e))
+
+
+def _validate_kernels(config: ml_collections.ConfigDict) -> None:
+    kernels, depthwise = models.kernels.KERNELS, models.kernels.DEPTHWISE_IMPLS
+    if config.kernels not in kernels:
+        _fail("kernels", f"must be one of {', '.join(map(repr, kernels))}, got {config.kernels!r}")
+    if config.depthwise_impl not in depthwise:
+        _fail("depthwise_impl", f"must be one of {', '.join(map(repr, depthwise))}, got {config.depthwise_impl!r}")
+    m = config.bn_momentum
+    if m is not None and not (isinstance(m, int | float) and 0.0 <= m < 1.0):
+        _fail("bn_momentum", f"must be None (the architecture's momentum) or in [0, 1), got {m!r}")
 
 
 def _validate_trust(config: ml_collections.ConfigDict) -> None:

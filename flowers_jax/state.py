@@ -75,13 +75,14 @@ class RunProgress:
 
 
 def build_model(config: ml_collections.ConfigDict) -> models.Classifier:
-    overrides = {"bn_momentum": config.bn_momentum} if config.get("bn_momentum") else {}
+    # .get: configs saved in checkpoints before `kernels` existed lack it.
     return models.create(
         config.model,
         config.num_classes,
         dtype=jnp.dtype(config.dtype),
+        kernels=config.get("kernels", "auto"),
         depthwise_impl=config.depthwise_impl,
-        **overrides,
+        bn_momentum=config.get("bn_momentum"),
     )
 
 

@@ -15,6 +15,9 @@ from flowers_jax import config as config_lib
         ("stages.all.lr_scale", "head=x", "'x' is not a number"),
         ("stages.all.lr_scale", "head=0", "must be > 0"),
         ("stages.top.train", "last_blocks:two", "K must be a whole number"),
+        ("kernels", "tpu", "must be one of 'auto', 'cpu', 'xla'"),
+        ("depthwise_impl", "fast", "must be one of 'auto', 'conv', 'shift'"),
+        ("bn_momentum", 1.0, "must be None (the architecture's momentum) or in [0, 1)"),
         ("log_every_steps", 0, "must be >= 1"),
         ("data.image_size", 0, "must be >= 16 pixels"),
         ("data.tfrecord_size", -1, "must be 0"),
@@ -22,7 +25,7 @@ from flowers_jax import config as config_lib
         ("eval.calibration", "on", "must be 'auto' or 'off'"),
         ("trust.target_risk", 0.0, "must be in (0, 1)"),
         ("trust.selective_score", "entropy", "must be 'auto' or one of"),
-        ("trust.openset_score", "mahalanobis", "must be one of"),
+        ("trust.openset_score", "knn", "must be one of"),
         ("trust.known_recall", 1.5, "must be in [0.5, 1]"),
     ],
 )
@@ -42,3 +45,16 @@ def test_the_defaults_and_every_shipped_config_are_valid():
 
     for name in ("default", "smoke", "oxford102", "oxford102_open", "effnet_lite0", "effnet_b0", "mobilenet_v2"):
         config_lib.validate(importlib.import_module(f"configs.{name}").get_config())
+
+
+def test_bn_momentum_none_is_the_architectures_and_a_number_is_used_as_given():
+    from flowers_jax.state import build_model
+
+    config = default.get_config()
+    config.model = "mobilenet_v2_035"  # its table's momentum is 0.999, not Keras's usual 0.99
+    assert config.bn_momentum is None and build_model(config).backbone.bn_momentum is None
+    config.bn_momentum = 0.0  # a literal 0 (running averages = the last batch's), as models.create takes it
+    config_lib.validate(config)
+    assert build_model(config).backbone.bn_momentum == 0.0
+    config.kernels = "xla"
+    assert build_model(config).backbone.kernels == "xla"

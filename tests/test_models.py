@@ -1,4 +1,4 @@
-"""Architecture tables, the model API, and the two depthwise implementations."""
+"""Architecture tables and the model API (the two layer implementations: tests/test_kernels.py)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import linen as nn
 
 from flowers_jax import models
-from flowers_jax.models.layers import DepthwiseConv2D, StemConv
 
 
 def _shapes(name: str, num_classes: int = 10):
@@ -73,41 +71,3 @@ def test_bad_names_and_overrides_are_clear_errors():
         models.create("efficientnet_b9", 10)
     with pytest.raises(TypeError, match="unknown override.*dropout"):
         models.create("efficientnet_b0", 10, dropuot_rate=0.1)
-
-
-@pytest.mark.parametrize(
-    "kernel, stride, size",
-    [(3, 1, (9, 9)), (3, 2, (9, 9)), (5, 2, (10, 10)), (5, 1, (8, 8)), (3, 2, (8, 8)), (5, 2, (7, 11)), (3, 1, (1, 2))],
-)
-def test_depthwise_shift_equals_conv(kernel, stride, size):
-    x = jax.random.normal(jax.random.key(0), (2, *size, 6))
-    conv = DepthwiseConv2D(kernel, stride, impl="conv")
-    shift = DepthwiseConv2D(kernel, stride, impl="shift")
-    params = conv.init(jax.random.key(1), x)
-    np.testing.assert_allclose(shift.apply(params, x), conv.apply(params, x), rtol=1e-5, atol=1e-5)
-
-    # Gradients agree too (training on the CPU uses the shift path, whose gradient is hand-written).
-    def loss(m):
-        return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-
-    g_conv = jax.grad(loss(conv), argnums=(0, 1))(params, x)
-    g_shift = jax.grad(loss(shift), argnums=(0, 1))(params, x)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_shift, g_conv)
-
-
-@pytest.mark.parametrize("stride, size", [(2, (9, 9)), (2, (8, 8)), (1, (7, 5)), (2, (7, 11))])
-def test_stem_patches_equal_conv_and_flax_conv(stride, size):
-    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
-    flax_conv = nn.Conv(8, (3, 3), strides=stride, padding="SAME", use_bias=False)
-    params = flax_conv.init(jax.random.key(1), x)
-    reference = flax_conv.apply(params, x)
-    for impl in ("shift", "conv"):  # the same parameter tree as nn.Conv, the same values
-        stem = StemConv(8, 3, stride, impl=impl)
-        assert jax.tree.structure(stem.init(jax.random.key(1), x)) == jax.tree.structure(params)
-        np.testing.assert_allclose(stem.apply(params, x), reference, rtol=1e-5, atol=1e-5)
-
-    def loss(m):
-        return lambda p, x: jnp.sum(jnp.sin(m.apply(p, x)))
-
-    grads = [jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (flax_conv, StemConv(8, 3, stride, impl="shift"))]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), *grads)

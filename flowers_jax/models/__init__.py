@@ -12,14 +12,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flowers_jax.models import efficientnet, mobilenet_v2
+from flowers_jax.models import efficientnet, kernels, mobilenet_v2
 from flowers_jax.models.classifier import Classifier, Head
 from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
 
 __all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names", "variable_shapes"]
 
 # Overrides `create` accepts, and where they go.
-_BACKBONE_OVERRIDES = ("dtype", "depthwise_impl", "bn_momentum", "bn_axis_name")
+_BACKBONE_OVERRIDES = ("dtype", "kernels", "depthwise_impl", "bn_momentum", "bn_axis_name")
 _CLASSIFIER_OVERRIDES = ("dropout_rate", "dtype")
 
 
@@ -48,7 +48,10 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
       name: e.g. "efficientnet_b0", "efficientnet_lite0", "mobilenet_v2", "mobilenet_v2_035".
       num_classes: size of the classification head.
       **overrides: dtype (compute dtype, e.g. jnp.bfloat16), dropout_rate (head),
-        depthwise_impl ("auto" | "conv" | "shift"), bn_momentum, bn_axis_name (pmap only).
+        kernels ("auto" | "cpu" | "xla", see `models/kernels.py`; "auto" is decided here, from
+        the default backend at creation), depthwise_impl ("auto" | "conv" | "shift": the
+        depthwise convolution alone), bn_momentum (None: the architecture's; a number is used
+        as it is, 0.0 included), bn_axis_name (pmap only).
     Returns:
       A `Classifier`; `apply(variables, images [N, H, W, 3] in [0, 255], train=False)`
       gives logits [N, num_classes].
@@ -60,7 +63,10 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     arch = get_arch(name)
-    backbone = MBConvNet(arch, **{k: v for k, v in overrides.items() if k in _BACKBONE_OVERRIDES})
+    backbone_kwargs = {k: v for k, v in overrides.items() if k in _BACKBONE_OVERRIDES}
+    chosen = backbone_kwargs["kernels"] = kernels.resolve(backbone_kwargs.get("kernels", "auto"))
+    backbone_kwargs["depthwise_impl"] = kernels.resolve_depthwise(backbone_kwargs.get("depthwise_impl", "auto"), chosen)
+    backbone = MBConvNet(arch, **backbone_kwargs)
     kwargs = {"dropout_rate": arch.dropout_rate}
     kwargs.update({k: v for k, v in overrides.items() if k in _CLASSIFIER_OVERRIDES})
     return Classifier(

@@ -1,4 +1,8 @@
-"""Layers the backbones share: TF-style "SAME" padding and a depthwise convolution.
+"""The hand-written XLA:CPU layers: depthwise as shifted slices, the stem as patches + dot, 1x1 as a dot.
+
+Each computes what a flax `nn.Conv` computes, with the same parameter names and shapes,
+in a form XLA:CPU runs fast (docs/design.md, §cpu). `models/kernels.py` decides where they
+are used: by default only on the CPU backend.
 
 Both families are ports of TensorFlow models, whose stride-2 convolutions pad
 asymmetrically ("SAME": the extra row/column goes at the bottom/right). XLA's
@@ -8,13 +12,11 @@ asymmetrically ("SAME": the extra row/column goes at the bottom/right). XLA's
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
-
-DepthwiseImpl = Literal["auto", "conv", "shift"]
 
 ACTIVATIONS = {
     "swish": nn.swish,  # Keras "swish" is x * sigmoid(x), the same as jax.nn.swish.
@@ -145,78 +147,56 @@ class PointwiseConv(nn.Module):
 class StemConv(nn.Module):
     """k x k convolution, "SAME" padding, no bias, for a layer with few input channels (the stem).
 
-    Same parameter as `nn.Conv(features, (k, k), use_bias=False)` (kernel [k, k, in, out]).
-    With impl "shift" (XLA:CPU) it is computed as patches and one dot: the k*k strided
-    windows are stacked on the channel axis ([N, H', W', k*k*in], `_taps`' row-major
-    order matches the kernel's) and multiplied by the kernel as a [k*k*in, out] matrix.
-    Written by hand because XLA:CPU runs a 3-channel convolution through a generic path
-    (~120 ms for EfficientNet's stem at batch 32 x 224 px, about 10x the dot); "conv"
-    keeps `lax.conv_general_dilated` (right for TPU/GPU).
+    Same parameter as `nn.Conv(features, (k, k), strides, padding="SAME", use_bias=False)`
+    (kernel [k, k, in, out]), computed as patches and one dot: the k*k strided windows are
+    stacked on the channel axis ([N, H', W', k*k*in], `_taps`' row-major order matches the
+    kernel's) and multiplied by the kernel as a [k*k*in, out] matrix. Written by hand because
+    XLA:CPU runs a 3-channel convolution through a generic path (~120 ms for EfficientNet's
+    stem at batch 32 x 224 px, about 10x the dot).
     """
 
     features: int
     kernel_size: int
     strides: int = 1
-    impl: DepthwiseImpl = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """[N, H, W, in] -> [N, H/strides, W/strides, features]."""
+        """[N, H, W, in] -> [N, ceil(H/strides), ceil(W/strides), features]."""
         k, s = self.kernel_size, self.strides
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        if _resolve(self.impl) == "conv":
-            return jax.lax.conv_general_dilated(x, kernel, (s, s), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         _, h, w, _ = x.shape
         patches = jnp.concatenate(_taps(_pad_same(x, k, s), k, -(-h // s), -(-w // s), s), axis=-1)
         y = jnp.dot(patches.reshape(-1, patches.shape[-1]), kernel.reshape(-1, self.features))  # 2-D: see PointwiseConv
         return y.reshape(*patches.shape[:-1], self.features)
 
 
-def _resolve(impl: DepthwiseImpl) -> str:
-    """The implementation an `impl` setting means here: "auto" is "shift" on XLA:CPU, else "conv"."""
-    if impl == "auto":
-        return "shift" if jax.default_backend() == "cpu" else "conv"
-    if impl not in ("conv", "shift"):
-        raise ValueError(f"conv impl must be 'auto', 'conv' or 'shift', got {impl!r}")
-    return impl
-
-
 class DepthwiseConv2D(nn.Module):
-    """Depthwise 2-D convolution (depth multiplier 1, no bias), "SAME" padding.
+    """Depthwise 2-D convolution (depth multiplier 1, no bias), "SAME" padding, as shifted slices.
+
+    Same parameter as `nn.Conv(C, (k, k), strides, padding="SAME", feature_group_count=C,
+    use_bias=False)` (kernel [k, k, 1, C]); computed by `_depthwise_shift` (see there why).
 
     Attributes:
       kernel_size: square kernel size k.
       strides: spatial stride (1 or 2).
-      impl: "conv" uses `lax.conv_general_dilated` (right for TPU/GPU), "shift"
-        the slice-sum above (right for XLA:CPU), "auto" picks by backend.
     """
 
     kernel_size: int
     strides: int = 1
-    impl: DepthwiseImpl = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: nn.initializers.Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """[N, H, W, C] -> [N, H/strides, W/strides, C]."""
+        """[N, H, W, C] -> [N, ceil(H/strides), ceil(W/strides), C]."""
         channels = x.shape[-1]
         kernel = self.param(
             "kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype
         )
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        if _resolve(self.impl) == "shift":
-            return _depthwise_shift(x, kernel, self.strides)
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(self.strides, self.strides),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=channels,
-        )
+        return _depthwise_shift(x, kernel, self.strides)

@@ -10,15 +10,14 @@ no architecture knowledge of its own: it walks the table.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from flowers_jax.models.batchnorm import BatchNorm
-from flowers_jax.models.layers import ACTIVATIONS, DepthwiseConv2D, DepthwiseImpl, PointwiseConv, StemConv
+from flowers_jax.models.kernels import DepthwiseImpl, Kernels, Layers, resolve, resolve_depthwise
+from flowers_jax.models.layers import ACTIVATIONS
 
 # Keras's EfficientNet initialisers (fan-out variance scaling), used for fresh layers.
 CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
@@ -97,18 +96,7 @@ class Arch:
         return frozenset(b.prefix + self.names.dwconv for b in self.blocks)
 
 
-def _block(
-    x: jax.Array,
-    spec: BlockSpec,
-    names: LayerNames,
-    *,
-    act: Any,
-    pointwise: Any,
-    norm: Any,
-    dtype: Any,
-    depthwise_impl: DepthwiseImpl,
-    train: bool,
-) -> jax.Array:
+def _block(x: jax.Array, spec: BlockSpec, names: LayerNames, layers: Layers, *, act: Any, train: bool) -> jax.Array:
     """One block, [N, H, W, in_ch] -> [N, H/stride, W/stride, out_ch].
 
     A plain function rather than a submodule: it is called inside the parent's
@@ -118,20 +106,17 @@ def _block(
     p = spec.prefix
     inputs = x
     if spec.expand_ch != spec.in_ch:
-        x = pointwise(spec.expand_ch, name=p + names.expand_conv)(x)
-        x = norm(name=p + names.expand_bn, activation=act)(x)
-    x = DepthwiseConv2D(
-        spec.kernel, spec.stride, impl=depthwise_impl, dtype=dtype, kernel_init=CONV_INIT, name=p + names.dwconv
-    )(x)
-    x = norm(name=p + names.dwconv_bn, activation=act)(x)
+        x = layers.pointwise(spec.expand_ch, use_bias=False, name=p + names.expand_conv)(x)
+        x = layers.norm(name=p + names.expand_bn, activation=act)(x)
+    x = layers.depthwise_conv(spec.expand_ch, spec.kernel, spec.stride, name=p + names.dwconv)(x)
+    x = layers.norm(name=p + names.dwconv_bn, activation=act)(x)
     if spec.se_ch:
         se = jnp.mean(x, axis=(1, 2), keepdims=True)
-        se = act(PointwiseConv(spec.se_ch, dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_reduce)(se))
-        se = PointwiseConv(spec.expand_ch, dtype=dtype, kernel_init=CONV_INIT, name=p + names.se_expand)(se)
-        se = nn.sigmoid(se)
-        x = x * se
-    x = pointwise(spec.out_ch, name=p + names.project_conv)(x)
-    x = norm(name=p + names.project_bn)(x)
+        se = act(layers.pointwise(spec.se_ch, use_bias=True, name=p + names.se_reduce)(se))
+        se = layers.pointwise(spec.expand_ch, use_bias=True, name=p + names.se_expand)(se)
+        x = x * nn.sigmoid(se)
+    x = layers.pointwise(spec.out_ch, use_bias=False, name=p + names.project_conv)(x)
+    x = layers.norm(name=p + names.project_bn)(x)
     if spec.residual:
         if spec.drop_rate > 0:
             # Stochastic depth: drop the whole residual branch per example.
@@ -146,14 +131,17 @@ class MBConvNet(nn.Module):
     Attributes:
       arch: the architecture table.
       dtype: compute dtype (e.g. bfloat16); parameters stay float32.
-      depthwise_impl: see `DepthwiseConv2D`; it also picks the stem's (`StemConv`).
-      bn_momentum: overrides the table's BatchNorm momentum when set.
+      kernels: "cpu" (hand-written XLA:CPU layers), "xla" (flax's nn.Conv / nn.BatchNorm) or
+        "auto" (cpu on the CPU backend, else xla); see `models/kernels.py`. Same variables either way.
+      depthwise_impl: the depthwise convolution alone: "shift", "conv", or "auto" (as `kernels`).
+      bn_momentum: BatchNorm's running-average momentum; None: the table's (the architecture's).
       bn_axis_name: mapped axis to average BatchNorm statistics over under
         pmap/shard_map; not needed under jit over a mesh, where they are global.
     """
 
     arch: Arch
     dtype: Any = jnp.float32
+    kernels: Kernels = "auto"
     depthwise_impl: DepthwiseImpl = "auto"
     bn_momentum: float | None = None
     bn_axis_name: str | None = None
@@ -165,30 +153,19 @@ class MBConvNet(nn.Module):
         a, n = self.arch, self.arch.names
         batch_stats = train if update_batch_stats is None else update_batch_stats
         act = ACTIVATIONS[a.activation]
-        pointwise = functools.partial(PointwiseConv, use_bias=False, dtype=self.dtype, kernel_init=CONV_INIT)
-        norm = functools.partial(
-            BatchNorm,
+        layers = Layers(
+            kernels=resolve(self.kernels),
+            depthwise=resolve_depthwise(self.depthwise_impl, self.kernels),
+            dtype=self.dtype,
+            kernel_init=CONV_INIT,
             use_running_average=not batch_stats,
             momentum=a.bn_momentum if self.bn_momentum is None else self.bn_momentum,
             epsilon=a.bn_epsilon,
-            dtype=self.dtype,
             axis_name=self.bn_axis_name,
         )
-        x = StemConv(
-            a.stem_ch, 3, 2, impl=self.depthwise_impl, dtype=self.dtype, kernel_init=CONV_INIT, name=n.stem_conv
-        )(x)
-        x = norm(name=n.stem_bn, activation=act)(x)
+        x = layers.stem(a.stem_ch, 3, 2, name=n.stem_conv)(x)
+        x = layers.norm(name=n.stem_bn, activation=act)(x)
         for spec in a.blocks:
-            x = _block(
-                x,
-                spec,
-                n,
-                act=act,
-                pointwise=pointwise,
-                norm=norm,
-                dtype=self.dtype,
-                depthwise_impl=self.depthwise_impl,
-                train=train,
-            )
-        x = pointwise(a.top_ch, name=n.top_conv)(x)
-        return norm(name=n.top_bn, activation=act)(x)
+            x = _block(x, spec, n, layers, act=act, train=train)
+        x = layers.pointwise(a.top_ch, use_bias=False, name=n.top_conv)(x)
+        return layers.norm(name=n.top_bn, activation=act)(x)
