@@ -1,0 +1,223 @@
+"""Adding species without training (flowers_jax/personalise.py, the page's "Add a species"), measured
+on the leave-20-classes-out model: each held-out species added from k of its photos.
+
+  python benchmarks/personalise.py --workdir W2 [--data-dir /tmp/oxford102_open]
+      [--photos ../shared/data/oxford102] [--size 288]
+
+W2 is a run of configs/oxford102_open.py (82 classes; the 20 others never seen). The held-out
+photos' species come from the original labels (--photos labels.csv). Val chooses, test reports:
+  1. val: the 10 val photos of each held-out species are its shots; `margin` is the smallest on a
+     grid that keeps the trained classes' val top-1 within 0.5 points, `scale` the one that
+     minimises the NLL of softmax(logits / T) over val (trained photos, and each held-out photo
+     against its species added from the other 9);
+  2. test: each held-out species added from k = 5 (five draws, averaged), 10 (its val photos) or 20
+     (those and 10 of its test photos) shots, all 20 added at once: top-1 on its test photos not
+     used as shots, among all 102 classes, and the trained classes' test top-1 before and after.
+Prints the table and writes W2/personalise_results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # configs/ and benchmarks/ are packages at the repository root
+
+MARGINS = (0, 10, 20, 40, 60, 80, 100, 120, 150, 200, 300)
+MAX_VAL_LOSS = 0.005  # the trained classes may lose at most half a point of val top-1
+
+
+def outputs(workdir: str, data_dir: str, size: int) -> dict:
+    """Logits, embeddings, labels and ids of every split of the leave-out run at `size`."""
+    from benchmarks.oxford102 import at_size
+    from configs import oxford102_open
+    from flowers_jax import evaluation
+    from flowers_jax.data import tfrecords
+
+    config = oxford102_open.get_config()
+    config.data.data_dir = data_dir
+    config = at_size(config, size)
+    config.eval.calibration = "off"
+    layout = tfrecords.layout_dir(data_dir, config.data.tfrecord_size)
+    variables, _ = evaluation._load(config, workdir, "best")
+    out = {"num_classes": config.num_classes}
+    for split in ("train", "val", "test", "val_unknown", "test_unknown"):
+        path = split if split in ("train", "val", "test") else os.path.join(layout, split, "*.tfrec")
+        out[split] = evaluation.predict_split(config, variables, path)
+    with open(os.path.join(layout, "ids.csv")) as f:
+        out["sources"] = {r["id"]: r["source"] for r in csv.DictReader(f)}
+    return out
+
+
+def held_out_species(o: dict, split: str, labels_csv: str) -> np.ndarray:
+    """The original species name [N] of each photo of an unknown split."""
+    with open(labels_csv) as f:
+        names = {r["filename"]: r["oxford_name"] for r in csv.DictReader(f)}
+    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in o[split].ids]
+    return np.array([names[o["sources"][i]] for i in ids])
+
+
+def species_means(emb: np.ndarray, species: np.ndarray, mask: np.ndarray, order: list[str]) -> np.ndarray:
+    from flowers_jax import personalise
+
+    return np.stack([personalise.added_mean(emb[mask & (species == s)]) for s in order])
+
+
+def top1(z: np.ndarray, target: np.ndarray) -> float:
+    return float(np.mean(z.argmax(-1) == target))
+
+
+def choose_on_val(o: dict, stats, species: np.ndarray, t: float) -> dict:
+    """Step 1: margin, then scale, from val photos only."""
+    from scipy import optimize
+
+    from flowers_jax import calibration, personalise
+
+    val, unk = o["val"], o["val_unknown"]
+    order = sorted(set(species))
+    c = o["num_classes"]
+    target = c + np.array([order.index(s) for s in species])
+    means = species_means(unk.embeddings, species, np.ones(len(species), bool), order)
+    before = top1(val.logits[0], val.labels)
+
+    def loo_logits(scale: float, margin: float) -> np.ndarray:
+        """Each held-out val photo against its species added from the other photos."""
+        rows = []
+        for i in range(len(species)):
+            m = means.copy()
+            others = species == species[i]
+            others[i] = False
+            m[order.index(species[i])] = personalise.added_mean(unk.embeddings[others])
+            rows.append(
+                personalise.added_logits(
+                    unk.logits[0][i : i + 1], unk.embeddings[i : i + 1], stats, m, scale=scale, margin=margin
+                )[0]
+            )
+        return np.stack(rows)
+
+    grid = []
+    for margin in MARGINS:
+        after = top1(
+            personalise.added_logits(val.logits[0], val.embeddings, stats, means, scale=1.0, margin=margin), val.labels
+        )
+        grid.append(
+            {
+                "margin": margin,
+                "trained_before": before,
+                "trained_after": after,
+                "added_loo": top1(loo_logits(1.0, margin), target),
+            }
+        )
+    margin = next((g["margin"] for g in grid if before - g["trained_after"] <= MAX_VAL_LOSS), MARGINS[-1])
+
+    def nll(log_scale: float) -> float:
+        s = float(np.exp(log_scale))
+        z = np.concatenate(
+            [
+                personalise.added_logits(val.logits[0], val.embeddings, stats, means, scale=s, margin=margin),
+                loo_logits(s, margin),
+            ]
+        )
+        y = np.concatenate([val.labels, target])
+        return calibration.nll(y, calibration.softmax(z, t))
+
+    log_scale = optimize.minimize_scalar(nll, bounds=(np.log(1e-4), np.log(10.0)), method="bounded").x
+    return {"margin": float(margin), "scale": float(np.exp(log_scale)), "val_grid": grid, "max_val_loss": MAX_VAL_LOSS}
+
+
+def on_test(o: dict, stats, val_species: np.ndarray, test_species: np.ndarray, scale: float, margin: float) -> dict:
+    """Step 2: k-shot additions, all held-out species at once."""
+    from flowers_jax import personalise
+
+    test, vu, tu = o["test"], o["val_unknown"], o["test_unknown"]
+    order = sorted(set(val_species))
+    c = o["num_classes"]
+    before = top1(test.logits[0], test.labels)
+
+    def run(shot_emb, shot_species, eval_mask):
+        means = np.stack([personalise.added_mean(shot_emb[shot_species == s]) for s in order])
+        z = personalise.added_logits(tu.logits[0], tu.embeddings, stats, means, scale=scale, margin=margin)
+        target = c + np.array([order.index(s) for s in test_species])
+        zk = personalise.added_logits(test.logits[0], test.embeddings, stats, means, scale=scale, margin=margin)
+        return top1(z[eval_mask], target[eval_mask]), top1(zk, test.labels)
+
+    def draw(species, k, seed):
+        rng, mask = np.random.default_rng(seed), np.zeros(len(species), bool)
+        for s in order:
+            mask[rng.permutation(np.flatnonzero(species == s))[:k]] = True
+        return mask
+
+    everything = np.ones(len(test_species), bool)
+    rows = {}
+    five = [run(vu.embeddings[m], val_species[m], everything) for m in (draw(val_species, 5, s) for s in range(5))]
+    rows[5] = np.mean(five, 0)
+    rows[10] = run(vu.embeddings, val_species, everything)
+    extra = draw(test_species, 10, 0)
+    rows[20] = run(
+        np.concatenate([vu.embeddings, tu.embeddings[extra]]),
+        np.concatenate([val_species, test_species[extra]]),
+        ~extra,
+    )
+    return {
+        str(k): {
+            "added_top1": float(a),
+            "trained_before": before,
+            "trained_after": float(b),
+            "added_photos": int((~extra).sum() if k == 20 else len(test_species)),
+        }
+        for k, (a, b) in rows.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a configs/oxford102_open.py run")
+    parser.add_argument("--data-dir", default="/tmp/oxford102_open")
+    parser.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "oxford102"))
+    parser.add_argument("--size", type=int, default=288, help="test-time size (README Trust: val chose 288)")
+    args = parser.parse_args()
+
+    from flowers_jax import abstain, calibration
+
+    o = outputs(args.workdir, args.data_dir, args.size)
+    labels_csv = os.path.join(args.photos, "labels.csv")
+    val_species = held_out_species(o, "val_unknown", labels_csv)
+    test_species = held_out_species(o, "test_unknown", labels_csv)
+    stats = abstain.fit_embedding_stats(o["train"].embeddings, o["train"].labels, o["num_classes"])
+    t = calibration.fit_temperature(o["val"].logits[0], o["val"].labels)
+    chosen = choose_on_val(o, stats, val_species, t)
+    print(
+        f"val (T = {t:.4f}): margin {chosen['margin']:g} (trained classes within "
+        f"{MAX_VAL_LOSS:.1%} of val top-1), scale {chosen['scale']:.4g}"
+    )
+    for g in chosen["val_grid"]:
+        print(
+            f"  margin {g['margin']:>4}: trained val top-1 {g['trained_before']:.4f} -> {g['trained_after']:.4f}, "
+            f"held-out val photos (leave-one-out shots) {g['added_loo']:.4f}"
+        )
+    test = on_test(o, stats, val_species, test_species, chosen["scale"], chosen["margin"])
+    print(
+        "\n| shots per added species | added species' top-1 (test photos) | trained classes' test top-1: "
+        "before -> after |\n|---|---|---|"
+    )
+    for k, r in test.items():
+        print(
+            f"| {k} | {r['added_top1']:.4f} ({r['added_photos']} photos) | "
+            f"{r['trained_before']:.4f} -> {r['trained_after']:.4f} |"
+        )
+    results = {"size": args.size, "temperature": t, **chosen, "test": test, "added_species": sorted(set(val_species))}
+    with open(os.path.join(args.workdir, "personalise_results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    from flowers_jax import hugepages
+
+    hugepages.restart_with_huge_pages()
+    main()
