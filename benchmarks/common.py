@@ -99,9 +99,12 @@ def train_step_and_state(
     return step, new_state(variables, tx, seed=0, ema=False)
 
 
-def step_runner(model_name: str, *, batch: int, size: int, train: str = "all", bn: str = "train") -> Callable[[], None]:
-    """A callable running one jitted training step on a fixed random batch and waiting for it."""
-    step, state = train_step_and_state(model_name, size=size, train=train, bn=bn)
+def step_runner(
+    model_name: str, *, batch: int, size: int, train: str = "all", bn: str = "train", **overrides: Any
+) -> Callable[[], None]:
+    """A callable running one jitted training step on a fixed random batch and waiting for it
+    (`overrides`: `models.create`'s, e.g. kernels="xla")."""
+    step, state = train_step_and_state(model_name, size=size, train=train, bn=bn, **overrides)
     step = jax.jit(step, donate_argnums=0)
     images, labels = random_batch(batch, size)
     arrays = {"image": jax.device_put(images), "label": jax.device_put(labels)}

@@ -10,7 +10,11 @@ Modes: "full" trains every parameter (BatchNorm updating), the costliest stage o
 `base.trainable = False`), the first stage of both recipes.
 
   python benchmarks/train_throughput.py [--models efficientnet_b0,efficientnet_lite0,mobilenet_v2]
-      [--modes full,head] [--batch 32] [--size 224] [--seconds 30]
+      [--modes full,head] [--kernels auto,xla] [--batch 32] [--size 224] [--seconds 30]
+
+Ours runs once per `--kernels` value (config.kernels, flowers_jax/models/kernels.py): "auto" is
+what a run gets (on the CPU: the hand-written XLA:CPU layers), "xla" flax's nn.Conv / nn.BatchNorm,
+so each table also records what the CPU layers are worth; Keras is measured once per model and mode.
 
 Ours runs as `python -m flowers_jax.main` does, restarted with glibc's malloc on huge pages
 (flowers_jax/hugepages.py); Keras runs with its defaults (--keras-huge-pages: with them too).
@@ -61,11 +65,11 @@ def keras_images_per_s(model_name: str, mode: str, batch: int, size: int, second
     return 4 * batch / seconds_per_epoch
 
 
-def flax_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds: float) -> float:
+def flax_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds: float, kernels: str) -> float:
     from benchmarks import common
 
     train, bn = ("all", "train") if mode == "full" else ("head", "frozen")
-    one = common.step_runner(model_name, batch=batch, size=size, train=train, bn=bn)
+    one = common.step_runner(model_name, batch=batch, size=size, train=train, bn=bn, kernels=kernels)
     return batch / common.median_seconds(one, min_seconds=seconds)
 
 
@@ -73,6 +77,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--modes", default="full,head")
+    parser.add_argument(
+        "--kernels", default="auto,xla", help="config.kernels values to time ours with (auto, cpu, xla)"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--seconds", type=float, default=30.0, help="minimum time per measurement")
@@ -93,8 +100,13 @@ def main() -> None:
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
     )
     from benchmarks import common
+    from flowers_jax import models
 
-    print(f"{'model':<20}{'mode':<6}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
+    kernel_choices = [k.strip() for k in args.kernels.split(",") if k.strip()]
+    bad = [k for k in kernel_choices if k not in models.kernels.KERNELS]
+    if bad or not kernel_choices:
+        parser.error(f"--kernels: {bad or args.kernels!r} not among {models.kernels.KERNELS}")
+    print(f"{'model':<20}{'mode':<6}{'kernels':<9}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             out = subprocess.run(
@@ -107,8 +119,10 @@ def main() -> None:
             if out.returncode:
                 raise SystemExit(f"Keras measurement of {name} ({mode}) failed:\n{out.stderr[-3000:]}")
             theirs = json.loads(out.stdout.strip().splitlines()[-1])
-            ours = flax_images_per_s(name, mode, args.batch, args.size, args.seconds)
-            print(f"{name:<20}{mode:<6}{ours:>10.2f}{theirs:>12.2f}{ours / theirs:>8.2f}", flush=True)
+            for kernels in kernel_choices:
+                ours = flax_images_per_s(name, mode, args.batch, args.size, args.seconds, kernels)
+                row = f"{name:<20}{mode:<6}{kernels:<9}{ours:>10.2f}{theirs:>12.2f}{ours / theirs:>8.2f}"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":
