@@ -88,7 +88,16 @@ def get_config() -> ml_collections.ConfigDict:
     # or a named one (msp, margin, max_logit); "not one of my flowers" when the open-set score (one of
     # abstain.OPENSET_SCORES; relative Mahalanobis measured best on held-out species) is below the value
     # that keeps known_recall of val photos.
+    # add_species: the page's "Add a species" (flowers_jax/personalise.py): margin and scale of the
+    # added species' discriminant, chosen on the leave-20-classes-out run's val photos
+    # (benchmarks/personalise.py; README "Add a species").
     c.trust = ml_collections.ConfigDict(
-        dict(target_risk=0.02, selective_score="auto", openset_score="relative_mahalanobis", known_recall=0.96)
+        dict(
+            target_risk=0.02,
+            selective_score="auto",
+            openset_score="relative_mahalanobis",
+            known_recall=0.96,
+            add_species=dict(margin=80.0, scale=0.02),
+        )
     )
     return c

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import ml_collections
 
@@ -105,3 +107,7 @@ def _validate_trust(config: ml_collections.ConfigDict) -> None:
         _fail("trust.openset_score", f"must be one of {abstain.OPENSET_SCORES}, got {t.openset_score!r}")
     if not 0.5 <= t.known_recall <= 1.0:
         _fail("trust.known_recall", f"must be in [0.5, 1] (share of val flowers kept), got {t.known_recall}")
+    if not t.add_species.scale > 0:
+        _fail("trust.add_species.scale", f"must be > 0 (flowers_jax/personalise.py), got {t.add_species.scale}")
+    if not math.isfinite(t.add_species.margin):
+        _fail("trust.add_species.margin", f"must be a finite number, got {t.add_species.margin}")

@@ -44,6 +44,7 @@ class Calibration:
     val: dict[str, Any]  # {"before": calibration_metrics, "after": ...}
     selective: dict[str, Any]  # {"score", "threshold", "target_risk", "val": {...}, "candidates": {...}}
     openset: dict[str, Any]  # {"score", "threshold", "known_recall", "val": {...}}
+    add_species: dict[str, Any] | None = None  # {"margin", "scale"} of flowers_jax/personalise.py
     stats: abstain.EmbeddingStats | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +66,11 @@ class Calibration:
             | {"val_coverage": self.selective["val"]["coverage"], "val_risk": self.selective["val"]["risk"]},
             "not_a_known_flower": {k: self.openset[k] for k in ("score", "threshold", "known_recall")},
             "scores": "flowers_jax/abstain.py (" + ", ".join(abstain.OPENSET_SCORES) + "); the page mirrors them",
-        }
+        } | (
+            {"add_species": dict(self.add_species, method="flowers_jax/personalise.py")}
+            if self.add_species and self.stats is not None
+            else {}
+        )
 
     def decide(self, logits: np.ndarray, embeddings: np.ndarray | None = None) -> np.ndarray:
         """ "unknown" / "not_sure" / "answer" per photo, from logits [N, C] (and embeddings [N, D])."""
@@ -146,6 +151,7 @@ def fit(
             "known_recall": float(trust.known_recall),
             "val_known_flagged": float(np.mean(known < known_t)),
         },
+        add_species={k: float(v) for k, v in trust.add_species.items()} if "add_species" in trust else None,
         stats=stats,
     )
 

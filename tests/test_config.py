@@ -27,6 +27,8 @@ from flowers_jax import config as config_lib
         ("trust.selective_score", "entropy", "must be 'auto' or one of"),
         ("trust.openset_score", "knn", "must be one of"),
         ("trust.known_recall", 1.5, "must be in [0.5, 1]"),
+        ("trust.add_species.scale", 0.0, "must be > 0"),
+        ("trust.add_species.margin", float("nan"), "must be a finite number"),
     ],
 )
 def test_bad_value_names_the_key(key, value, message):
