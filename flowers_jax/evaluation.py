@@ -209,6 +209,7 @@ def run_eval(
         "split": split,
         "image_size": config.data.image_size,
         "tta": config.eval.tta,
+        "intervals": reports.bootstrap_intervals(labels, probs.argmax(-1)),
         **trusted,
     }
     report = _guard(config, probs, data_info, out)
@@ -236,6 +237,13 @@ def _eval_line(split: str, which: str, step: int, s: dict) -> str:
         f"macro-F1 {s['macro_f1']:.4f}, weighted-F1 {s['weighted_f1']:.4f}, ECE {s['ece']:.4f}, "
         f"NLL {s['nll']:.4f} ({s['examples']} examples)"
     )
+    if "intervals" in s:
+        ci = s["intervals"]
+        line += (
+            f"\n{ci['level']:.0%} intervals ({ci['method']}, {ci['resamples']} resamples of the photos): accuracy "
+            f"[{ci['accuracy'][0]:.4f}, {ci['accuracy'][1]:.4f}], macro-F1 [{ci['macro_f1'][0]:.4f}, "
+            f"{ci['macro_f1'][1]:.4f}]"
+        )
     if "selective" in s:
         sel = s["selective"]
         line += (

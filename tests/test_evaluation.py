@@ -159,6 +159,9 @@ def test_calibrate_then_eval_and_predict_use_it(calibrated_workdir):
     assert f"temperature {cal['temperature']:.4f}" in proc.stdout and "not sure below" in proc.stdout
     summary = json.loads((calibrated_workdir / "eval" / "best" / "val" / "metrics.json").read_text())
     assert summary["calibration"]["temperature"] == cal["temperature"]
+    ci = summary["intervals"]  # seeded bootstrap over the photos, printed too
+    assert ci["accuracy"][0] <= summary["accuracy"] <= ci["accuracy"][1] and ci["accuracy"][0] < ci["accuracy"][1]
+    assert ci["macro_f1"][0] <= summary["macro_f1"] <= ci["macro_f1"][1] and "95% intervals" in proc.stdout
     assert summary["calibrated"]["nll"] == pytest.approx(cal["val"]["after"]["nll"], rel=1e-4)
     assert summary["nll"] == pytest.approx(cal["val"]["after"]["nll"], rel=1e-4)  # the headline is calibrated
     assert summary["selective"]["coverage"] == pytest.approx(cal["selective"]["val"]["coverage"])
