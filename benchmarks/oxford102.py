@@ -47,10 +47,10 @@ def convert(photos: str, tfrecords: str, size: int) -> None:
 
 def at_size(config, size: int):
     """A copy of `config` that shows the model `size` x `size` images resized from the run's records."""
-    from flowers_jax.data import pipeline
+    from flowers_jax.data import layout
 
     c = config.copy_and_resolve_references()
-    c.data.tfrecord_size = pipeline.tfrecord_size(config)
+    c.data.tfrecord_size = layout.tfrecord_size(config)
     c.data.image_size = size
     return c
 

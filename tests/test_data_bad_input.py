@@ -115,7 +115,7 @@ def test_truncated_file(tmp_path, caplog):
     ids = [x for b in got for x, m in zip(b["id"], b["mask"], strict=True) if m]
     assert n == 1 and sorted(ids) == [f"ok-{i}".encode() for i in range(4)]
     assert f"{path} record 4: the file is truncated" in caplog.text and "skipped 1 bad record(s)" in caplog.text
-    assert dataset_info(config(d, skip=True)).splits["val"].num_bad_records == 1
+    assert len(dataset_info(config(d, skip=True)).splits["val"].bad_records) == 1
 
 
 def test_bad_records_in_an_eval_split_are_named(tmp_path):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 
+import ml_collections
 import pytest
 
 from flowers_jax import data
@@ -60,3 +61,18 @@ def test_package_data_files_are_declared_for_wheels():
     patterns += [p.removeprefix("data/") for p in declared.get("flowers_jax", []) if p.startswith("data/")]
     missing = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in patterns)]
     assert not missing, f'add to pyproject.toml [tool.setuptools.package-data] "flowers_jax.data": {missing}'
+
+
+def test_one_class_name_rule_for_data_with_and_without_dataset_json():
+    """layout.class_names is the rule the pipeline, DatasetInfo and the synthetic writer all follow."""
+    from flowers_jax.data import layout
+    from flowers_jax.data.classes import default_names
+
+    config = ml_collections.ConfigDict({"data": data.data_config(), "num_classes": 106})
+    names = data.class_names()
+    assert layout.class_names(config) == (*names, "class_104", "class_105")  # no data_dir: no dataset.json
+    config.num_classes = 5
+    assert layout.class_names(config) == tuple(names[:5]) == tuple(default_names(5))
+    assert layout.class_names(config, {"class_names": list("abcde")}) == tuple("abcde")
+    with pytest.raises(data.DataError, match="config.num_classes is 5 but the data's dataset.json lists 3"):
+        layout.class_names(config, {"class_names": ["a", "b", "c"]})

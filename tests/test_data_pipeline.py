@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 
 from flowers_jax.data import class_names, counts, fixtures, pipeline
-from flowers_jax.data.info import DatasetInfo, SplitInfo, dataset_info
+from flowers_jax.data.counts import FileScan, SplitScan
+from flowers_jax.data.info import DatasetInfo, dataset_info
 from flowers_jax.data.pipeline import Host
 
 NUM_CLASSES, SIZE = 5, 32
@@ -209,7 +210,7 @@ def test_dataset_info_counts_and_caches_beside_the_data(data_dir, monkeypatch):
     np.testing.assert_array_equal(info.splits["train"].class_counts, [8] * 5)
     assert info.splits["test"].class_counts is None
     assert info.class_names == tuple(class_names()[:5])  # from dataset.json
-    assert info.steps_per_epoch(8) == 5 and info.image_size == SIZE
+    assert info.steps_per_epoch(8) == 5
     np.testing.assert_allclose(info.class_weights(), np.ones(5))
     cached = [f for f in os.listdir(f"{data_dir}/tfrecords-jpeg-{SIZE}x{SIZE}/train") if f.endswith(".json")]
     assert len(cached) == 1 and cached[0].startswith("flowers_jax-scan-")
@@ -238,8 +239,9 @@ def test_scan_cache_falls_back_when_the_data_folder_is_read_only(data_dir, tmp_p
 
 
 def test_class_weights_are_balanced():
-    train = SplitInfo("train", "", 30, 1, True, np.array([20, 10, 0]), 0, {})
-    info = DatasetInfo(class_names=("a", "b", "c"), image_size=8, tfrecord_size=8, splits={"train": train}, metadata={})
+    files = (FileScan("train-0.tfrec", size=0, readable=30, bad=()),)
+    train = SplitScan("train/*", files, labelled=True, class_counts=(20, 10, 0), bad_records=())
+    info = DatasetInfo(class_names=("a", "b", "c"), splits={"train": train})
     w = info.class_weights()
     np.testing.assert_allclose(w, [30 / (2 * 20), 30 / (2 * 10), 0.0])
     np.testing.assert_allclose((w * np.array([20, 10, 0])).sum(), 30)

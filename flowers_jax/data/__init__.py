@@ -7,9 +7,10 @@
     for batch in data.eval_iterator(config, "val", mesh=mesh): ...              # one padded, masked pass
 
 Modules: classes (the 104 names), defaults (config), tfrecords (schema, layout, writer), counts
-(scan + cache: counts, bad records), augment (decode/augment one image), pipeline (host tf.data),
-iterators (global sharded batches, prefetch), tfds_sources (extra TFDS data), info (DatasetInfo),
-fixtures (synthetic data), convert (`python -m flowers_jax.data.convert`).
+(scan + cache: counts, bad records), layout (a config's globs, scans, dataset.json, class names),
+augment (decode/augment one image), pipeline (host tf.data), iterators (global sharded batches,
+prefetch), tfds_sources (extra TFDS data), info (DatasetInfo), fixtures (synthetic data), convert
+(`python -m flowers_jax.data.convert`).
 
 TensorFlow is imported on first use of anything but `data_config` and `class_names`, so loading a
 config stays fast.
@@ -24,8 +25,8 @@ from flowers_jax.data.classes import class_names
 from flowers_jax.data.defaults import data_config
 
 if TYPE_CHECKING:
-    from flowers_jax.data.counts import BadRecord
-    from flowers_jax.data.info import DatasetInfo, SplitInfo, dataset_info
+    from flowers_jax.data.counts import BadRecord, SplitScan
+    from flowers_jax.data.info import DatasetInfo, dataset_info
     from flowers_jax.data.iterators import eval_iterator, train_iterator
     from flowers_jax.data.tfrecords import DataError
 
@@ -33,7 +34,7 @@ _LAZY = {
     "BadRecord": "counts",
     "DataError": "tfrecords",
     "DatasetInfo": "info",
-    "SplitInfo": "info",
+    "SplitScan": "counts",
     "dataset_info": "info",
     "eval_iterator": "iterators",
     "train_iterator": "iterators",
@@ -43,7 +44,7 @@ __all__ = [
     "BadRecord",
     "DataError",
     "DatasetInfo",
-    "SplitInfo",
+    "SplitScan",
     "class_names",
     "data_config",
     "dataset_info",

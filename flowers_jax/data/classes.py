@@ -28,6 +28,12 @@ def class_names() -> list[str]:
     return list(_names())
 
 
+def default_names(num_classes: int) -> list[str]:
+    """Names of `num_classes` classes for data that names none: the competition's first
+    `num_classes`, then "class_<i>" for i >= 104."""
+    return class_names()[:num_classes] + [f"class_{i}" for i in range(NUM_CLASSES, num_classes)]
+
+
 def normalise_name(name: str) -> str:
     """Case-, space- and punctuation-insensitive key, so "Common_Dandelion" finds "common dandelion"."""
     return "".join(ch for ch in name.lower() if ch.isalnum())

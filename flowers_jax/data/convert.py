@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from flowers_jax.data import augment, info, tfrecords
+from flowers_jax.data import augment, layout, tfrecords
 from flowers_jax.data._tf import AUTOTUNE, tf
 from flowers_jax.data.classes import class_names as competition_class_names
 from flowers_jax.data.classes import normalise_name
@@ -325,6 +325,46 @@ def _encoded(paths: list[str], orientations: np.ndarray, *, size: int, quality: 
     return ds.map(lambda k, x: encode(k, *x), num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class _WrittenSplit:
+    summary: dict  # dataset.json's entry of the split
+    written: list[Photo]  # in the order written
+    failed: list[str]  # paths of the photos that did not decode
+
+
+def _write_split(
+    photos: list[Photo],
+    orientations: np.ndarray,
+    split_dir: str,
+    *,
+    size: int,
+    quality: int,
+    num_shards: int,
+    num_classes: int,
+) -> _WrittenSplit:
+    """Writes one split's photos (EXIF `orientations` [len(photos)]) as shards into `split_dir`."""
+    # A fixed shuffle, so that every shard holds every class (hosts read whole shards).
+    order = np.random.default_rng(0).permutation(len(photos))
+    ds = _encoded([photos[i].path for i in order], orientations[order], size=size, quality=quality)
+    written = []
+    with tfrecords.ShardWriter(split_dir, image_size=size, num_shards=min(num_shards, len(order))) as w:
+        # A photo that does not decode is dropped by ignore_errors and found missing below.
+        for k, jpeg in ds.ignore_errors().as_numpy_iterator():
+            p = photos[order[k]]
+            w.write(tfrecords.serialize_example(id=p.id, image=jpeg, label=p.label))
+            written.append(p)
+    labels = [p.label for p in written if p.label is not None]
+    labelled = any(p.label is not None for p in photos)
+    summary = {
+        "num_examples": len(written),
+        "num_shards": len(w.paths),
+        "labelled": labelled,
+        "class_counts": np.bincount(labels, minlength=num_classes).tolist() if labelled else None,
+    }
+    ids = {p.id for p in written}
+    return _WrittenSplit(summary, written, [p.path for p in (photos[i] for i in order) if p.id not in ids])
+
+
 def convert(
     photos: list[Photo],
     class_names: list[str],
@@ -359,31 +399,19 @@ def convert(
         splits, id_rows, failed = {}, [], []
         for split in SPLITS + UNKNOWN_SPLITS:
             members = [i for i, p in enumerate(photos) if p.split == split]
-            if not members:
-                continue
-            # A fixed shuffle, so that every shard holds every class (hosts read whole shards).
-            order = [members[i] for i in np.random.default_rng(0).permutation(len(members))]
-            ds = _encoded([photos[i].path for i in order], orientations[order], size=size, quality=quality)
-            seen = set()
-            split_dir = os.path.join(out, split)
-            labels = []
-            with tfrecords.ShardWriter(split_dir, image_size=size, num_shards=min(num_shards, len(order))) as w:
-                # A photo that does not decode is dropped by ignore_errors and found missing below.
-                for k, jpeg in ds.ignore_errors().as_numpy_iterator():
-                    p = photos[order[k]]
-                    seen.add(int(k))
-                    w.write(tfrecords.serialize_example(id=p.id, image=jpeg, label=p.label))
-                    id_rows.append((p.id, split, "" if p.label is None else p.label, p.source))
-                    if p.label is not None:
-                        labels.append(p.label)
-            failed += [photos[order[k]].path for k in range(len(order)) if k not in seen]
-            labelled = any(photos[i].label is not None for i in order)
-            splits[split] = {
-                "num_examples": len(seen),
-                "num_shards": len(w.paths),
-                "labelled": labelled,
-                "class_counts": np.bincount(labels, minlength=len(class_names)).tolist() if labelled else None,
-            }
+            if members:
+                written_split = _write_split(
+                    [photos[i] for i in members],
+                    orientations[members],
+                    os.path.join(out, split),
+                    size=size,
+                    quality=quality,
+                    num_shards=num_shards,
+                    num_classes=len(class_names),
+                )
+                splits[split] = written_split.summary
+                id_rows += [(p.id, split, "" if p.label is None else p.label, p.source) for p in written_split.written]
+                failed += written_split.failed
         if failed:
             listing = "\n  ".join(failed[:20]) + (f"\n  ... and {len(failed) - 20} more" if len(failed) > 20 else "")
             if strict:
@@ -394,7 +422,7 @@ def convert(
                 )
             log.warning("%d photo(s) could not be decoded and were skipped:\n  %s", len(failed), listing)
         source_meta = dict(source or {}, skipped_undecodable=failed, jpeg_quality=quality)
-        info.write_metadata(out, image_size=size, class_names=class_names, splits=splits, source=source_meta)
+        layout.write_metadata(out, image_size=size, class_names=class_names, splits=splits, source=source_meta)
         with tf.io.gfile.GFile(os.path.join(out, "ids.csv"), "w") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "split", "label", "source"])

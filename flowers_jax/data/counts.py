@@ -30,7 +30,7 @@ from flowers_jax.data.tfrecords import RECORD_FRAMING_BYTES, SCAN_FEATURES, Data
 
 log = logging.getLogger(__name__)
 
-SCAN_VERSION = 1
+SCAN_VERSION = 2  # 2: no image_sizes / duplicate_ids / num_classes (nothing read them)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,12 +66,9 @@ class SplitScan:
     pattern: str
     files: tuple[FileScan, ...]
     labelled: bool
-    num_classes: int
-    class_counts: tuple[int, ...] | None
+    class_counts: tuple[int, ...] | None  # [num_classes]
     bad_records: tuple[BadRecord, ...]
-    image_sizes: dict[str, int]  # "HxW" -> number of records
-    duplicate_ids: int
-    cache_path: str = ""
+    cache_path: str = ""  # where the scan is cached ("" when it could not be)
 
     @property
     def num_examples(self) -> int:
@@ -175,11 +172,8 @@ def _load(path: str, paths: list[str]) -> SplitScan | None:
             pattern=d["pattern"],
             files=tuple(FileScan(full[f["path"]], f["size"], f["readable"], tuple(f["bad"])) for f in d["files"]),
             labelled=d["labelled"],
-            num_classes=d["num_classes"],
             class_counts=None if d["class_counts"] is None else tuple(d["class_counts"]),
             bad_records=tuple(BadRecord(full[b["file"]], b["index"], b["reason"]) for b in d["bad_records"]),
-            image_sizes=d["image_sizes"],
-            duplicate_ids=d["duplicate_ids"],
             cache_path=path,
         )
     except (KeyError, TypeError, ValueError, tf.errors.OpError) as e:
@@ -224,92 +218,91 @@ def _short(e: tf.errors.OpError) -> str:
     return re.sub(r"\s*\[Op:[^\]]*\].*$", "", text).strip()
 
 
-def _scan(pattern: str, paths: list[str], sizes: list[int], num_classes: int) -> SplitScan:
-    rows = []  # (file index, record index, n_id, n_class, n_image, label, id, shape)
-    files, bad = [], []
-    for fi, (path, size) in enumerate(zip(paths, sizes, strict=True)):
-        # Pass 1, framing: records readable before the first unreadable one, and their bytes.
-        count, nbytes = (
-            tf.data.TFRecordDataset(path)
-            .ignore_errors()
-            .reduce(
-                (np.int64(0), np.int64(0)),
-                lambda acc, r: (acc[0] + 1, acc[1] + tf.cast(tf.strings.length(r), tf.int64) + RECORD_FRAMING_BYTES),
-            )
+def _frame(path: str, size: int) -> tuple[int, BadRecord | None]:
+    """Pass 1 over one file, framing: (records readable before the first unreadable one, the
+    unreadable tail as a bad record, or None when the records account for all `size` bytes)."""
+    count, nbytes = (
+        tf.data.TFRecordDataset(path)
+        .ignore_errors()
+        .reduce(
+            (np.int64(0), np.int64(0)),
+            lambda acc, r: (acc[0] + 1, acc[1] + tf.cast(tf.strings.length(r), tf.int64) + RECORD_FRAMING_BYTES),
         )
-        readable, offset = int(count), int(nbytes)
-        if offset != size:
-            fix = "Copy the file again or re-create it (python -m flowers_jax.data.convert)."
-            if readable == 0:
-                reason = (
-                    f"the file cannot be read as TFRecords (not a TFRecord file, or corrupt from byte 0 of {size}). "
-                )
-            else:
-                reason = (
-                    f"the file is truncated or corrupted at byte {offset} of {size}: record {readable} and any after "
-                    "it cannot be read. "
-                )
-            bad.append(BadRecord(path, readable, reason + fix))
-        # Pass 2, content: parse and decode every readable record; failures are dropped by
-        # ignore_errors, and found as the indices that did not come out.
-        ds = tf.data.TFRecordDataset(path).take(readable).enumerate()
-        ds = ds.map(_check, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors().batch(256)
-        seen = set()
-        for i, n_id, n_class, n_image, label, id_, shape in ds.as_numpy_iterator():
-            for row in zip(i, n_id, n_class, n_image, label, id_, shape, strict=True):
-                rows.append((fi, *row))
-                seen.add(int(row[0]))
-        for index in sorted(set(range(readable)) - seen):
-            bad.append(BadRecord(path, index, _explain_failure(path, index)))
-        files.append((path, size, readable))
+    )
+    readable, offset = int(count), int(nbytes)
+    if offset == size:
+        return readable, None
+    fix = "Copy the file again or re-create it (python -m flowers_jax.data.convert)."
+    if readable == 0:
+        reason = f"the file cannot be read as TFRecords (not a TFRecord file, or corrupt from byte 0 of {size}). "
+    else:
+        reason = (
+            f"the file is truncated or corrupted at byte {offset} of {size}: record {readable} and any after "
+            "it cannot be read. "
+        )
+    return readable, BadRecord(path, readable, reason + fix)
 
-    labelled = any(r[3] > 0 for r in rows)
-    class_counts = np.zeros(num_classes, np.int64) if labelled else None
-    image_sizes: collections.Counter[str] = collections.Counter()
+
+def _records(path: str, readable: int) -> tuple[list[tuple], list[BadRecord]]:
+    """Pass 2 over one file, content: ([(index, n_id, n_class, n_image, label, id)] of the records
+    that parse and decode, [the records that do not]). Failures are dropped by ignore_errors and
+    found as the indices that did not come out."""
+    ds = tf.data.TFRecordDataset(path).take(readable).enumerate()
+    ds = ds.map(_check, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors().batch(256)
+    # _check's last output, the decoded shape, is dropped here: it is there so that the decode runs.
+    rows = [row[:6] for batch in ds.as_numpy_iterator() for row in zip(*batch, strict=True)]
+    seen = {int(r[0]) for r in rows}
+    return rows, [BadRecord(path, i, _explain_failure(path, i)) for i in sorted(set(range(readable)) - seen)]
+
+
+def _record_problem(row: tuple, *, labelled: bool, num_classes: int) -> str | None:
+    """Why a record that decodes is still unusable (a missing or repeated feature, a label out of range)."""
+    _, n_id, n_class, n_image, label, _ = row
+    if n_image != 1:
+        return "missing feature 'image'" if n_image == 0 else f"feature 'image' holds {n_image} values, not 1"
+    if n_id != 1:
+        return "missing feature 'id'" if n_id == 0 else f"feature 'id' holds {n_id} values, not 1"
+    if labelled and n_class != 1:
+        if n_class == 0:
+            return "missing feature 'class' (other records of this split have one)"
+        return f"feature 'class' holds {n_class} values, not 1"
+    if labelled and not 0 <= label < num_classes:
+        return f"label {label} is outside [0, {num_classes}); fix the record or set num_classes"
+    return None
+
+
+def _scan(pattern: str, paths: list[str], sizes: list[int], num_classes: int) -> SplitScan:
+    rows, readable, bad = {}, {}, []  # rows[path]: see _records
+    for path, size in zip(paths, sizes, strict=True):
+        readable[path], tail = _frame(path, size)
+        rows[path], undecodable = _records(path, readable[path])
+        bad += ([tail] if tail else []) + undecodable
+    labelled = any(r[2] > 0 for file_rows in rows.values() for r in file_rows)
+    class_counts = np.zeros(num_classes, np.int64)
     ids: collections.Counter[bytes] = collections.Counter()
-    for fi, index, n_id, n_class, n_image, label, id_, shape in rows:
-        reason = None
-        if n_image != 1:
-            reason = "missing feature 'image'" if n_image == 0 else f"feature 'image' holds {n_image} values, not 1"
-        elif n_id != 1:
-            reason = "missing feature 'id'" if n_id == 0 else f"feature 'id' holds {n_id} values, not 1"
-        elif labelled and n_class != 1:
-            reason = (
-                "missing feature 'class' (other records of this split have one)"
-                if n_class == 0
-                else f"feature 'class' holds {n_class} values, not 1"
-            )
-        elif labelled and not 0 <= label < num_classes:
-            reason = f"label {label} is outside [0, {num_classes}); fix the record or set num_classes"
-        if reason:
-            bad.append(BadRecord(paths[fi], int(index), reason))
-            continue
-        if labelled:
-            class_counts[label] += 1
-        image_sizes[f"{shape[0]}x{shape[1]}"] += 1
-        ids[id_] += 1
-
+    for path, file_rows in rows.items():
+        for row in file_rows:
+            if problem := _record_problem(row, labelled=labelled, num_classes=num_classes):
+                bad.append(BadRecord(path, int(row[0]), problem))
+                continue
+            if labelled:
+                class_counts[row[4]] += 1
+            ids[row[5]] += 1
     bad.sort(key=lambda b: (paths.index(b.file), b.index))
-    bad_by_file = collections.defaultdict(list)
-    for b in bad:
-        bad_by_file[b.file].append(b.index)
-    file_scans = tuple(
-        # The unreadable tail of a truncated file is not among the `readable` records: keep only those.
-        FileScan(p, size, readable, tuple(i for i in bad_by_file[p] if i < readable))
-        for p, size, readable in files
+    # The unreadable tail of a truncated file is not among its `readable` records: keep only those.
+    files = tuple(
+        FileScan(p, size, readable[p], tuple(b.index for b in bad if b.file == p and b.index < readable[p]))
+        for p, size in zip(paths, sizes, strict=True)
     )
     duplicates = sum(n - 1 for n in ids.values() if n > 1)
     if duplicates:
         log.warning("%s: %d records repeat an id already used in the split", pattern, duplicates)
     return SplitScan(
         pattern=pattern,
-        files=file_scans,
+        files=files,
         labelled=labelled,
-        num_classes=num_classes,
-        class_counts=None if class_counts is None else tuple(int(c) for c in class_counts),
+        class_counts=tuple(int(c) for c in class_counts) if labelled else None,
         bad_records=tuple(bad),
-        image_sizes=dict(image_sizes.most_common()),
-        duplicate_ids=duplicates,
     )
 
 

@@ -13,9 +13,10 @@ import os
 import ml_collections
 import numpy as np
 
-from flowers_jax.data import info, tfrecords
+from flowers_jax.data import layout, tfrecords
 from flowers_jax.data._tf import tf
 from flowers_jax.data.classes import class_names as competition_class_names
+from flowers_jax.data.classes import default_names
 from flowers_jax.data.defaults import data_config
 
 
@@ -49,12 +50,11 @@ def write_synthetic_dataset(
     """Writes `<data_dir>/tfrecords-jpeg-{S}x{S}/{train,val,test}/*.tfrec` and dataset.json.
 
     Several shards per split; train and val labelled (classes interleaved), test without `class`.
-    Ids are "<split>-<index>" (e.g. "val-00012"). Class names are the competition's first
-    `num_classes` names (or "class_<i>" beyond 104).
+    Ids are "<split>-<index>" (e.g. "val-00012"). Class names: `classes.default_names(num_classes)`.
     """
     rng = np.random.default_rng(seed)
     out = tfrecords.layout_dir(data_dir, image_size)
-    names = competition_class_names()[:num_classes] + [f"class_{i}" for i in range(104, num_classes)]
+    names = default_names(num_classes)
     splits = {}
     for split, labels in (
         ("train", np.tile(np.arange(num_classes), train_per_class)),
@@ -73,7 +73,7 @@ def write_synthetic_dataset(
             "labelled": labelled,
             "class_counts": np.bincount(labels, minlength=num_classes).tolist() if labelled else None,
         }
-    info.write_metadata(
+    layout.write_metadata(
         out, image_size=image_size, class_names=names, splits=splits, source={"synthetic": {"seed": seed}}
     )
 

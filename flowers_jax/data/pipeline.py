@@ -29,11 +29,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from flowers_jax.data import augment, counts, tfds_sources
+from flowers_jax.data import augment, counts, layout, tfds_sources
 from flowers_jax.data._tf import AUTOTUNE, tf
-from flowers_jax.data.classes import class_names as competition_class_names
 from flowers_jax.data.counts import FileScan, SplitScan
-from flowers_jax.data.tfrecords import DataError, parse_example, split_pattern
+from flowers_jax.data.layout import num_classes, scan, split_glob
+from flowers_jax.data.tfrecords import DataError, parse_example
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +47,6 @@ class Host:
 
     index: int = 0
     count: int = 1
-
-
-# --------------------------------------------------------------------------- config helpers
-
-
-def num_classes(config: ml_collections.ConfigDict) -> int:
-    return int(config.get("num_classes", None) or len(competition_class_names()))
-
-
-def tfrecord_size(config: ml_collections.ConfigDict) -> int:
-    return int(config.data.tfrecord_size or config.data.image_size)
-
-
-def split_glob(config: ml_collections.ConfigDict, split: str) -> str:
-    """A split name of config.data ("train", "val", "test", or a path/glob) -> its file glob."""
-    role = {"train": "train_split", "val": "val_split", "test": "test_split"}.get(split)
-    name = config.data.get(role, split) if role else split
-    return split_pattern(config.data.data_dir, tfrecord_size(config), name)
-
-
-def scan(config: ml_collections.ConfigDict, split: str) -> SplitScan:
-    """The (cached) scan of a split; see counts.py."""
-    pattern = split_glob(config, split)
-    return counts.scan_split(pattern, num_classes=num_classes(config), cache_dir=config.data.cache_dir)
 
 
 def derive_seed(seed: int, *names: object) -> int:
@@ -239,7 +215,7 @@ def train_dataset(
     if not split.labelled:
         raise DataError(f"the training split {split.pattern!r} has no labels (no record has a 'class' feature)")
     share = host_share(split, host)
-    names = list(dataset_class_names(config))
+    names = list(layout.class_names(config))
     extra = [
         tfds_sources.open_source(e, class_names=names, download=config.data.download_extra)
         for e in config.data.extra_sources
@@ -369,10 +345,3 @@ def cached_eval_dataset(
     if key not in _CACHED_EVAL:
         _CACHED_EVAL[key] = eval_dataset(config, split, host=host, local_batch=local_batch)
     return _CACHED_EVAL[key]
-
-
-def dataset_class_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Class names of the configured data: dataset.json's when it has them, else the 104."""
-    from flowers_jax.data import info  # avoids an import cycle (info uses this module)
-
-    return info.read_metadata(config).get("class_names") or tuple(competition_class_names())
