@@ -79,11 +79,13 @@ class EmbeddingStats:
 
     unit_means: np.ndarray  # [C, D] unit class means of unit embeddings (cosine)
     means: np.ndarray  # [C, D] class means
+    counts: np.ndarray  # [C] training photos of each class: a class with none (the Kaggle list has
+    # species Oxford lacks) has no mean, and the distance scores skip it
     precision: np.ndarray  # [D, D] inverse of the shared within-class covariance (Ledoit-Wolf shrunk)
     background_mean: np.ndarray  # [D] mean of all training embeddings
     background_precision: np.ndarray  # [D, D] inverse of their (shrunk) covariance
 
-    ARRAYS = ("unit_means", "means", "precision", "background_mean", "background_precision")
+    ARRAYS = ("unit_means", "means", "counts", "precision", "background_mean", "background_precision")
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in self.ARRAYS}
@@ -107,6 +109,7 @@ def fit_embedding_stats(embeddings: np.ndarray, labels: np.ndarray, num_classes:
     return EmbeddingStats(
         unit_means=f32(class_means(x, labels, num_classes)),
         means=f32(means),
+        counts=f32(counts),
         precision=f32(LedoitWolf().fit(x - means[labels]).precision_),
         background_mean=f32(x.mean(0)),
         background_precision=f32(LedoitWolf().fit(x).precision_),
@@ -144,7 +147,7 @@ def openset_score(
     x = np.asarray(embeddings, np.float64)
     if name == "cosine":
         return (_unit(x) @ np.asarray(stats.unit_means, np.float64).T).max(-1)
-    nearest = _squared_mahalanobis(x, stats.means, stats.precision).min(-1)
+    nearest = _squared_mahalanobis(x, stats.means[stats.counts > 0], stats.precision).min(-1)
     if name == "mahalanobis":
         return -nearest
     return _squared_mahalanobis(x, stats.background_mean[None], stats.background_precision)[:, 0] - nearest

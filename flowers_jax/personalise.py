@@ -57,18 +57,20 @@ def added_logits(
     z = np.asarray(logits, np.float64)
     if len(added_means) == 0:
         return z
-    trained = discriminants(embeddings, stats.means, stats.precision).max(-1, keepdims=True)
+    trained = discriminants(embeddings, stats.means[stats.counts > 0], stats.precision).max(-1, keepdims=True)
     added = discriminants(embeddings, added_means, stats.precision)
     return np.concatenate([z, z.max(-1, keepdims=True) + scale * (added - trained - margin)], axis=-1)
 
 
-def with_added(stats: EmbeddingStats, added_means: np.ndarray) -> EmbeddingStats:
-    """`stats` with the added species as more classes, so that the open-set scores count a photo of
-    one as known (its mean joins the class means; the covariance stays the trained classes')."""
+def with_added(stats: EmbeddingStats, added_means: np.ndarray, shots: np.ndarray) -> EmbeddingStats:
+    """`stats` with the added species (means [A, D], shot counts [A]) as more classes, so that the
+    open-set scores count a photo of one as known (its mean joins the class means; the covariance
+    stays the trained classes')."""
     means = np.asarray(added_means, np.float32).reshape(-1, stats.means.shape[-1])
     unit = means / np.maximum(np.linalg.norm(means, axis=-1, keepdims=True), 1e-12)
     return dataclasses.replace(
         stats,
         means=np.concatenate([stats.means, means]),
         unit_means=np.concatenate([stats.unit_means, unit.astype(np.float32)]),
+        counts=np.concatenate([stats.counts, np.asarray(shots, np.float32).reshape(-1)]),
     )

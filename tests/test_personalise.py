@@ -52,7 +52,7 @@ def test_added_species_is_known_to_the_open_set_score():
     stats = abstain.fit_embedding_stats(x[labels < c], labels[labels < c], c)
     new = x[labels == c]
     before = abstain.openset_score("relative_mahalanobis", np.zeros((len(new), c)), new, stats)
-    extended = personalise.with_added(stats, personalise.added_mean(new[:10])[None])
+    extended = personalise.with_added(stats, personalise.added_mean(new[:10])[None], [10])
     assert extended.means.shape == (c + 1, x.shape[1]) and np.allclose(np.linalg.norm(extended.unit_means, axis=1), 1)
     after = abstain.openset_score("relative_mahalanobis", np.zeros((len(new), c + 1)), new, extended)
     known = abstain.openset_score("relative_mahalanobis", np.zeros((15, c)), x[labels == 0], stats)

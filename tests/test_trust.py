@@ -104,14 +104,15 @@ def test_mahalanobis_scores_against_scipy_and_scikit_learn():
     rng = np.random.default_rng(2)
     labels = np.repeat(np.arange(3), 12)
     x = rng.normal(size=(36, 5)) + 3.0 * np.eye(5)[labels]
-    stats = abstain.fit_embedding_stats(x, labels, 3)
+    stats = abstain.fit_embedding_stats(x, labels, 4)  # class 3 has no photos: no mean, never nearest
     means = np.stack([x[labels == c].mean(0) for c in range(3)])
-    np.testing.assert_allclose(stats.means, means, rtol=1e-6)
+    np.testing.assert_allclose(stats.means[:3], means, rtol=1e-6)
+    np.testing.assert_array_equal(stats.counts, [12, 12, 12, 0])
     np.testing.assert_allclose(stats.precision, LedoitWolf().fit(x - means[labels]).precision_, rtol=1e-5)
     np.testing.assert_allclose(stats.background_precision, LedoitWolf().fit(x).precision_, rtol=1e-5)
-    q = rng.normal(size=(4, 5)) * 2
+    q = np.r_[rng.normal(size=(3, 5)) * 2, np.zeros((1, 5))]  # the origin: where class 3's zero row would be
     p, bp = stats.precision.astype(np.float64), stats.background_precision.astype(np.float64)
-    nearest = np.array([min(distance.mahalanobis(e, m, p) ** 2 for m in stats.means) for e in q])
+    nearest = np.array([min(distance.mahalanobis(e, m, p) ** 2 for m in stats.means[:3]) for e in q])
     background = np.array([distance.mahalanobis(e, stats.background_mean, bp) ** 2 for e in q])
     logits = np.zeros((4, 3))
     np.testing.assert_allclose(abstain.openset_score("mahalanobis", logits, q, stats), -nearest, rtol=1e-9)
