@@ -191,6 +191,14 @@ def test_auto_is_cpu_on_the_cpu_and_bad_values_are_named():
         models.create("mobilenet_v2_035", 3, depthwise_impl="fast")
 
 
+def test_auto_builds_flax_layers_on_any_other_backend(monkeypatch):
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    backbone = models.create("mobilenet_v2_035", 3).backbone
+    assert (backbone.kernels, backbone.depthwise_impl) == ("xla", "conv")
+    # An explicit choice is kept whatever the backend.
+    assert models.create("mobilenet_v2_035", 3, kernels="cpu", depthwise_impl="auto").backbone.depthwise_impl == "shift"
+
+
 @pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0", "mobilenet_v2_035"])
 def test_both_paths_create_the_same_variable_tree(name):
     """Checkpoints move between the paths: the same names, shapes and dtypes."""
