@@ -16,7 +16,8 @@ reference (`_relative`), so a tolerance means the same for a gradient of 1e-3 an
   divides by a batch standard deviation (batch 4 at 64 px: 16 values per channel in the last
   blocks), which amplifies them, in the backward pass most. Measured: loss <= 1.2e-6,
   statistics <= 5e-7, gradients <= 1.7e-4 (Lite0; MobileNetV2 5.9e-5). A wrong gradient (a
-  dropped term, a mis-scaled one) is off by O(1).
+  dropped term, a mis-scaled one) is off by O(1). The whole-model step runs with swish in place
+  of relu6, whose kinks turn rounding into gradient jumps (see `_smooth`).
 """
 
 from __future__ import annotations
