@@ -179,6 +179,10 @@ def load(workdir: str) -> Calibration | None:
     stats = None
     if tf.io.gfile.exists(stats_path):
         with tf.io.gfile.GFile(stats_path, "rb") as f, np.load(io.BytesIO(f.read())) as z:
+            if missing := sorted(set(abstain.EmbeddingStats.ARRAYS) - set(z.files)):
+                raise CalibrationError(
+                    f"{stats_path} lacks {missing} (written by an older flowers_jax); run `--mode calibrate` again"
+                )
             stats = abstain.EmbeddingStats(**{k: z[k] for k in abstain.EmbeddingStats.ARRAYS})
     elif d["openset"]["score"] in abstain.EMBEDDING_SCORES:
         raise CalibrationError(

@@ -175,6 +175,10 @@ def test_embedding_stats_saved_beside_the_calibration(tmp_path):
         np.testing.assert_array_equal(getattr(back.stats, name), a)
     np.testing.assert_array_equal(back.decide(logits, emb), cal.decide(logits, emb))
     assert np.mean(cal.decide(logits, emb) == "unknown") == pytest.approx(1 - config.known_recall, abs=0.01)
+    with np.load(tmp_path / trust.STATS_FILE) as z:
+        np.savez(tmp_path / trust.STATS_FILE, **{k: z[k] for k in z.files if k != "counts"})
+    with pytest.raises(trust.CalibrationError, match=r"lacks \['counts'\].*--mode calibrate"):
+        trust.load(str(tmp_path))
     (tmp_path / trust.STATS_FILE).unlink()
     with pytest.raises(trust.CalibrationError, match="relative_mahalanobis score but .* is missing.*--mode calibrate"):
         trust.load(str(tmp_path))
