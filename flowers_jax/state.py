@@ -66,6 +66,27 @@ class RunProgress:
         """A new JSON-ready dict (nothing shared with this record)."""
         return dataclasses.asdict(self)
 
+    def start_stage(self, index: int, step: int) -> None:
+        """Stage `index` begins at global step `step`, with its own early-stopping count."""
+        self.stage_index, self.stage_start_step, self.stage_finished = index, step, False
+        self.stage_best_val_macro_f1, self.epochs_since_stage_best = -1.0, 0
+
+    def record_best(self, step: int, val: dict[str, Any]) -> bool:
+        """Takes an epoch's val metrics; True when they are the run's best macro-F1 so far."""
+        if val["macro_f1"] <= self.best_val_macro_f1:
+            return False
+        self.best_val_macro_f1, self.best_step, self.best_val = val["macro_f1"], step, val
+        return True
+
+    def record_stage_epoch(self, val: dict[str, Any], *, min_delta: float, patience: int) -> bool:
+        """Early stopping: True when the stage has gone `patience` epochs (> 0) without a macro-F1
+        gain of more than `min_delta` over its best."""
+        if val["macro_f1"] > self.stage_best_val_macro_f1 + min_delta:
+            self.stage_best_val_macro_f1, self.epochs_since_stage_best = val["macro_f1"], 0
+        else:
+            self.epochs_since_stage_best += 1
+        return patience > 0 and self.epochs_since_stage_best >= patience
+
     @classmethod
     def from_json(cls, meta: dict[str, Any]) -> RunProgress:
         """From a checkpoint's `meta`; older checkpoints wrote the same keys as a dict (best_val

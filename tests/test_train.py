@@ -85,7 +85,9 @@ def test_metric_rows_after_the_resume_step_are_dropped(tmp_path):
 @pytest.fixture(scope="module")
 def eight_device_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("eight")
-    run(workdir, *TINY, devices=8, timeout=600)  # 8 fake devices on 2 shared cores: slow under load
+    # 8 fake devices on 2 shared cores: slow under load. Four "latest" steps are kept for the
+    # corrupt-checkpoint test.
+    run(workdir, *TINY, "--config.checkpoint.max_to_keep=4", devices=8, timeout=600)
     return workdir
 
 
@@ -290,20 +292,42 @@ def _delete_manifests(step_dir):
         manifest.unlink()
 
 
-@pytest.mark.parametrize(
-    "corrupt",
-    [_truncate_a_data_file, lambda step_dir: (step_dir / "meta" / "metadata").unlink(), _delete_manifests],
-    ids=["truncated-data-file", "deleted-meta", "deleted-ocdbt-manifests"],
-)
-def test_resume_falls_back_past_a_corrupt_newest_checkpoint(eight_device_run, tmp_path, corrupt):
+def test_resume_falls_back_past_corrupt_newest_checkpoints(eight_device_run, tmp_path):
+    """The three newest steps damaged three ways (one resume, to keep the suite short): each is named
+    with its error and moved aside, and the run resumes from the newest intact step and finishes."""
     workdir = _unfinished_copy(eight_device_run, tmp_path / "w")
     latest = workdir / "checkpoints" / "latest"
-    newest, previous = sorted((int(p.name) for p in latest.iterdir() if p.name.isdigit()), reverse=True)[:2]
-    corrupt(latest / str(newest))
+    steps = sorted((int(p.name) for p in latest.iterdir() if p.name.isdigit()), reverse=True)
+    assert len(steps) >= 4, steps  # the fixture keeps 4
+    _truncate_a_data_file(latest / str(steps[0]))
+    (latest / str(steps[1]) / "meta" / "metadata").unlink()
+    _delete_manifests(latest / str(steps[2]))
     proc = run(workdir, *TINY)
-    assert re.search(rf"checkpoint step {newest} .* is unreadable \(.+\); resuming from step {previous}", proc.stderr)
-    assert f"resuming from {workdir} at step {previous}" in proc.stderr
-    # The bad step is kept for the user, out of Orbax's way, and named in the output.
-    moved = re.search(r"moved it to (\S+)", proc.stderr)
-    assert moved and os.path.isdir(moved.group(1)) and f"latest-{newest}-" in moved.group(1), proc.stderr[-3000:]
-    assert json.loads((workdir / "DONE").read_text())["step"] == newest and not (workdir / "LOCK").exists()
+    intact = steps[3]
+    for bad in steps[:3]:
+        assert re.search(rf"checkpoint step {bad} .* is unreadable \(.+\); resuming from step {intact}", proc.stderr)
+    assert f"resuming from {workdir} at step {intact}" in proc.stderr
+    # The bad steps are kept for the user, out of Orbax's way, and named in the output.
+    moved = re.findall(r"moved it to (\S+)", proc.stderr)
+    assert [os.path.basename(m).rsplit("-", 1)[0] for m in moved] == [f"latest-{s}" for s in steps[:3]]
+    assert all(os.path.isdir(m) for m in moved), proc.stderr[-3000:]
+    assert json.loads((workdir / "DONE").read_text())["step"] == steps[0] and not (workdir / "LOCK").exists()
+
+
+def test_run_progress_reads_old_meta_and_keeps_the_first_of_tied_bests():
+    from flowers_jax.state import RunProgress
+
+    # A meta dict as checkpoints wrote it before RunProgress: no best_val before the first best.
+    old = {"model": "m", "num_classes": 4, "config": "{}", "stage_index": 1, "stage_start_step": 8}
+    old |= {"stage_finished": False, "best_val_macro_f1": -1.0, "best_step": None}
+    old |= {"stage_best_val_macro_f1": -1.0, "epochs_since_stage_best": 0}
+    progress = RunProgress.from_json(old)
+    assert progress.stage_index == 1 and progress.best_val is None
+    assert progress.record_best(16, {"macro_f1": 0.5}) and not progress.record_best(24, {"macro_f1": 0.5})
+    saved = progress.to_json()
+    progress.best_val["macro_f1"] = 0.9
+    assert saved["best_step"] == 16 and saved["best_val"] == {"macro_f1": 0.5}
+    # Early stopping counts the stage's epochs without a gain of more than min_delta.
+    assert not progress.record_stage_epoch({"macro_f1": 0.5}, min_delta=0.1, patience=2)
+    assert not progress.record_stage_epoch({"macro_f1": 0.55}, min_delta=0.1, patience=2)
+    assert progress.record_stage_epoch({"macro_f1": 0.6}, min_delta=0.1, patience=2)
