@@ -247,15 +247,6 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
 
 
-def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
-    """(step, meta) of a checkpoint, or None when the workdir has none yet."""
-    try:
-        manager, step = find(workdir, which)
-    except CheckpointError:
-        return None
-    return step, restore_meta(manager, step)
-
-
 def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, dict, dict[str, Any]]:
     """Restores a checkpoint of a training workdir onto this process's devices (read-only).
 

@@ -71,7 +71,12 @@ def main(argv: list[str]) -> None:
     if _MODE.value == "train":
         from flowers_jax import train
 
-        train.train_and_evaluate(config, _WORKDIR.value)
+        # Refusals that the user fixes (another trainer holds the workdir, no checkpoint step can be
+        # read, a checkpoint of another model) are messages, as config errors are, not tracebacks.
+        try:
+            train.train_and_evaluate(config, _WORKDIR.value)
+        except (train.workdir_lock.WorkdirLockedError, train.checkpoint.CheckpointError) as e:
+            raise app.UsageError(str(e)) from None
         return
 
     from flowers_jax import evaluation

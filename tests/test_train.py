@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from training_runs import ROOT, TINY, env, main_command, run
+from training_runs import ROOT, TINY, env, main_command, read_meta, run
 
 from flowers_jax import checkpoint, inference, logs, train, workdir_lock
 
@@ -164,7 +164,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     match = re.search(r"TrainingDivergedError: non-finite .* at step (\d+); stopping\. The last good", proc.stderr)
     assert match, proc.stderr[-3000:]
     diverged_at = int(match.group(1))
-    step, _ = checkpoint.read_meta(str(workdir), "latest")
+    step, _ = read_meta(str(workdir), "latest")
     assert 8 <= step < diverged_at
     _, variables, _ = inference.load_for_inference(str(workdir), "latest")
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(variables))
@@ -195,7 +195,7 @@ def test_checkpoints_accept_a_relative_workdir(tmp_path, monkeypatch):
     ckpts.save("latest", 3, {"w": np.arange(4.0, dtype=np.float32)}, {"note": "relative"})
     ckpts.wait()
     ckpts.close()
-    assert checkpoint.read_meta("workdirs/rel", "latest") == (3, {"note": "relative"})
+    assert read_meta("workdirs/rel", "latest") == (3, {"note": "relative"})
     assert (tmp_path / "workdirs" / "rel" / "checkpoints" / "latest" / "3").is_dir()
 
 
@@ -228,7 +228,7 @@ def test_saved_meta_is_the_value_at_save_time(tmp_path, monkeypatch):
     meta["best_val"]["macro_f1"] = 0.9
     ckpts.wait()
     ckpts.close()
-    assert checkpoint.read_meta(str(tmp_path), "latest") == (3, {"stage_index": 0, "best_val": {"macro_f1": 0.5}})
+    assert read_meta(str(tmp_path), "latest") == (3, {"stage_index": 0, "best_val": {"macro_f1": 0.5}})
 
 
 def _unfinished_copy(trained, workdir):
@@ -257,8 +257,24 @@ def test_a_second_trainer_is_refused_naming_the_holder(eight_device_run, tmp_pat
         "2026-12-01T13:00:00+00:00; stop it or choose another --workdir"
     )
     assert expected in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (workdir / "LOCK").read_text() == lock, "the refused trainer must leave the holder's lock alone"
     assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == steps_before
+
+
+def test_a_locked_workdir_is_a_message_and_a_non_zero_exit_not_a_traceback(tmp_path):
+    """The refusal reaches the user as config errors do: the holder named on stderr, no traceback."""
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    lock = _write_lock(workdir, os.getpid())  # this test's process: alive, on this host
+    proc = subprocess.run(
+        main_command(workdir, *TINY), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0
+    assert f"is being trained by pid {os.getpid()}" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (workdir / "LOCK").read_text() == lock
+    assert not (workdir / "checkpoints").exists()
 
 
 def test_the_lock_names_its_holder_and_is_released_on_an_exception(tmp_path):

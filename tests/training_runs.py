@@ -54,3 +54,14 @@ def run(workdir: os.PathLike, *extra: str, devices: int = 1, timeout: float = 30
             f"{proc.stderr[first : first + 6000] if first >= 0 else ''}\n...\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def read_meta(workdir: str, which: str = "latest") -> tuple[int, dict] | None:
+    """(step, meta) of a workdir's checkpoint (a read-only look-up), or None when it has none yet."""
+    from flowers_jax import checkpoint
+
+    try:
+        manager, step = checkpoint.find(workdir, which)
+    except checkpoint.CheckpointError:
+        return None
+    return step, checkpoint.restore_meta(manager, step)
