@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+import tfds_folders
 
 from flowers_jax.data import class_names, fixtures, pipeline, tfds_sources
 from flowers_jax.data.pipeline import Host
@@ -27,7 +28,7 @@ def dirs(tmp_path_factory) -> tuple[str, str]:
     fixtures.write_synthetic_dataset(
         data_dir, num_classes=5, image_size=SIZE, train_per_class=6, val_per_class=1, test_examples=1
     )
-    builder_dir = fixtures.write_tfds_folder(
+    builder_dir = tfds_folders.write_tfds_folder(
         str(root / "tfds"),
         name="extra_flowers",
         class_names=["sweet pea", "wild geranium", "cactus"],
@@ -131,7 +132,7 @@ def test_mapping_files(tmp_path):
 
 
 def test_a_prepared_folder_of_a_registered_dataset_uses_its_builtin_mapping(tmp_path):
-    builder_dir = fixtures.write_tfds_folder(
+    builder_dir = tfds_folders.write_tfds_folder(
         str(tmp_path),
         name="tf_flowers",
         class_names=["dandelion", "daisy", "tulips", "sunflowers", "roses"],
