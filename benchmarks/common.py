@@ -58,7 +58,7 @@ def stage(train: str = "all", bn: str = "train") -> ml_collections.ConfigDict:
 
 def optimizer_config() -> ml_collections.ConfigDict:
     """configs/default.py's optimizer section."""
-    from configs import default  # the repository root is on sys.path when a benchmark runs
+    from configs import default  # configs/ is installed with the package (pyproject.toml)
 
     return ml_collections.ConfigDict(dict(optimizer=default.get_config().optimizer))
 

@@ -17,9 +17,8 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
-from flowers_jax import hugepages  # noqa: E402
+from benchmarks import common
+from flowers_jax import hugepages
 
 KERAS_TWIN = {"efficientnet_b0": "EfficientNetB0", "mobilenet_v2": "MobileNetV2", "efficientnet_lite0": None}
 

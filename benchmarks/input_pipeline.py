@@ -26,15 +26,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import sys  # noqa: E402
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
-from flowers_jax import data, hugepages  # noqa: E402
-from flowers_jax.data import fixtures, pipeline  # noqa: E402
+from benchmarks import common
+from flowers_jax import data, hugepages
+from flowers_jax.data import fixtures, pipeline
 
 
 def rate(next_batch, batch: int, *, warmup: int, min_seconds: float, min_batches: int) -> float:

@@ -31,10 +31,10 @@ import time
 
 import numpy as np
 
+from flowers_jax import hugepages
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)  # configs/ is a package at the repository root
-from flowers_jax import hugepages  # noqa: E402
 
 
 def convert(photos: str, tfrecords: str, size: int) -> None:

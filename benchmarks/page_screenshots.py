@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
 
 
 def photo_file(spec: str, tmp: pathlib.Path) -> pathlib.Path:

@@ -22,12 +22,10 @@ import argparse
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ and benchmarks/ are packages at the repository root
 
 MARGINS = (0, 10, 20, 40, 60, 80, 100, 120, 150, 200, 300)
 MAX_VAL_LOSS = 0.005  # the trained classes may lose at most half a point of val top-1

@@ -14,15 +14,13 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
+import argparse
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks import common  # noqa: E402
-from flowers_jax import distributed, hugepages  # noqa: E402
+from benchmarks import common
+from flowers_jax import distributed, hugepages
 
 
 def _time(step, state, batch, n: int) -> float:

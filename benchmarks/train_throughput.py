@@ -31,8 +31,7 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from flowers_jax import hugepages  # noqa: E402
+from flowers_jax import hugepages
 
 MODELS = "efficientnet_b0,efficientnet_lite0,mobilenet_v2"
 

@@ -25,13 +25,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)  # configs/ and benchmarks/ are packages at the repository root
 
 # Real photographs that are not flowers, shipped inside packages the tests install (no download).
 # Synthetic images (chessboard, phantom, logos, a horse silhouette) are left out; so is

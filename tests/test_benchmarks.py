@@ -1,14 +1,9 @@
 """The benchmarks' own pieces: our real train step as they time it, and the Keras recipe's model."""
 
-import os
-import sys
-
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import common, keras_recipe  # noqa: E402
+from benchmarks import common, keras_recipe
 
 
 def test_benchmark_step_is_the_training_step_and_freezes_what_the_stage_says():
