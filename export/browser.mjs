@@ -5,6 +5,8 @@
 //   node export/browser.mjs page   --url http://127.0.0.1:PORT/ [--deny-camera] [--screenshot s.png]
 //                                  (the page after start-up; --deny-camera: the user refuses the camera)
 //   node export/browser.mjs bench  --url 'http://127.0.0.1:PORT/?camera=off&backend=wasm' [--frames 20]
+//   node export/browser.mjs steps  --url http://127.0.0.1:PORT/ --steps steps.json [--video photos.y4m]
+//                                  (a scripted visit: clicks, typing, files, reloads; see runStep)
 //
 // Any mode also takes:
 //   --cores N            the page sees navigator.hardwareConcurrency = N (DevTools protocol
@@ -16,6 +18,7 @@
 //   --profile DIR        keep the browser profile in DIR (service worker + its cache survive between runs)
 //   --wait-offline       wait until the page has decided whether it works offline (its service worker)
 //   --viewport WxH       the screen size (default 412x915, a phone)
+//   --init-script FILE   JavaScript run in every page before its own scripts (e.g. to break IndexedDB)
 //
 // camera: Chromium's fake camera plays the .y4m file; waits for a prediction on a camera frame.
 // upload: no camera at all (as on a desktop without one); chooses the file in the page's file input.
@@ -45,11 +48,13 @@ const { positionals, values: args } = parseArgs({
     profile: { type: 'string' },
     'wait-offline': { type: 'boolean', default: false },
     viewport: { type: 'string', default: '412x915' },
+    steps: { type: 'string' },
+    'init-script': { type: 'string' },
   },
 });
 const mode = positionals[0];
-if (!['camera', 'upload', 'page', 'bench'].includes(mode) || !args.url) {
-  console.error('usage: node export/browser.mjs camera|upload|page|bench --url URL [...] (see the header)');
+if (!['camera', 'upload', 'page', 'bench', 'steps'].includes(mode) || !args.url) {
+  console.error('usage: node export/browser.mjs camera|upload|page|bench|steps --url URL [...] (see the header)');
   process.exit(2);
 }
 const timeout = Number(args.timeout);
@@ -69,13 +74,34 @@ if (args.spki) flags.push(`--ignore-certificate-errors-spki-list=${args.spki}`);
 if (args['deny-camera']) {
   // A camera exists, and the (fake) permission prompt answers "Block".
   flags.push('--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream=deny');
-} else if (mode === 'camera') {
+} else if (mode === 'camera' || (mode === 'steps' && args.video)) {
   if (!args.video) throw new Error('camera mode needs --video file.y4m');
   flags.push(
     '--use-fake-ui-for-media-stream',
     '--use-fake-device-for-media-stream',
     `--use-file-for-fake-video-capture=${path.resolve(args.video)}`,
   );
+}
+
+const pageReady = (page) =>
+  page.waitForFunction(() => window.demo && window.demo.state.status !== 'loading', null, { timeout });
+
+// One step of a scripted visit ({"click": selector}, ...); returns what it reports, or undefined.
+// Confirm dialogs (e.g. "Delete ...?") are accepted.
+async function runStep(page, step) {
+  if (step.goto) await page.goto(step.goto, { timeout });
+  if (step.reload) await page.reload({ timeout });
+  if (step.goto || step.reload) return void (await pageReady(page));
+  if (step.fill) return void (await page.fill(step.fill, step.value, { timeout }));
+  if (step.click) return void (await page.click(step.click, { timeout }));
+  if (step.press) return void (await page.press(step.press, step.key, { timeout }));
+  if (step.files) return void (await page.setInputFiles(step.files, step.paths.map((p) => path.resolve(p)), { timeout }));
+  if (step.wait) return void (await page.waitForFunction(step.wait, null, { timeout, polling: 50 }));
+  if (step.sleep) return void (await page.waitForTimeout(step.sleep));
+  if (step.screenshot) return void (await page.screenshot({ path: step.screenshot, fullPage: step.fullPage !== false }));
+  if (step.eval) return page.evaluate(step.eval);
+  if (step.snapshot) return page.evaluate(() => window.demo.snapshot());
+  throw new Error(`unknown step ${JSON.stringify(step)}`);
 }
 
 async function main() {
@@ -96,12 +122,14 @@ async function main() {
       if (m.type() === 'error' || m.type() === 'warning') console_.push(`${m.type()}: ${m.text()}`);
     });
     page.on('pageerror', (e) => console_.push(`pageerror: ${e.message}`));
+    page.on('dialog', (d) => d.accept());
+    if (args['init-script']) await context.addInitScript({ path: path.resolve(args['init-script']) });
     if (args.cores) {
       const cdp = await context.newCDPSession(page);
       await cdp.send('Emulation.setHardwareConcurrencyOverride', { hardwareConcurrency: Number(args.cores) });
     }
     await page.goto(args.url, { timeout });
-    await page.waitForFunction(() => window.demo && window.demo.state.status !== 'loading', null, { timeout });
+    await pageReady(page);
     if (args['wait-offline']) await page.evaluate(() => window.demo.state.offlineDone);
     let result;
     if (mode === 'camera') {
@@ -121,6 +149,23 @@ async function main() {
       }
       result = await page.evaluate(() => window.demo.snapshot());
       result.messageBefore = before.message;
+    } else if (mode === 'steps') {
+      // {"results": [[label, what the step reported], ...]} for the steps that report (snapshot, eval).
+      const steps = JSON.parse(fs.readFileSync(args.steps, 'utf8'));
+      result = { results: [] };
+      for (const [i, step] of steps.entries()) {
+        let out;
+        try {
+          out = await runStep(page, step);
+        } catch (e) {
+          const shown = await page.evaluate(() => {
+            const { message, addMessage, addNote, addedList, shownTop5, errors } = window.demo.snapshot();
+            return { message, addMessage, addNote, addedList, shownTop5, errors };
+          }).catch(() => null);
+          throw new Error(`step ${i} ${JSON.stringify(step)}: ${e.message}\npage: ${JSON.stringify(shown)}\n${console_.join('\n')}`);
+        }
+        if (out !== undefined) result.results.push([step.label ?? String(i), out]);
+      }
     } else if (mode === 'bench') {
       // The service worker's first install downloads every file again: not during the timed frames.
       await page.evaluate(() => window.demo.state.offlineDone);

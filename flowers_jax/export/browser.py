@@ -75,17 +75,33 @@ def serve_https(directory: str | pathlib.Path, cert_dir: str | pathlib.Path) -> 
 
 
 def write_y4m(path: str | pathlib.Path, rgb: np.ndarray, *, frames: int = 10, fps: int = 30) -> pathlib.Path:
-    """Writes a still-image video for Chromium's fake camera (`--use-file-for-fake-video-capture`).
+    """Writes a video for Chromium's fake camera (`--use-file-for-fake-video-capture`), which loops it.
 
     Args:
-      rgb: [H, W, 3] uint8 (H, W even: 4:2:0 halves both).
-      frames: how many copies of the frame (Chromium loops the file).
+      rgb: [H, W, 3] uint8 (a still picture), or [N, H, W, 3]: a sequence of pictures (H, W even:
+        4:2:0 halves both).
+      frames: how many frames each picture lasts.
     The colour conversion is BT.601 with video ("limited") range, the one a browser assumes
     for such a video; the page's pixels therefore differ slightly from `rgb`.
     """
-    h, w = rgb.shape[:2]
+    pictures = rgb[None] if rgb.ndim == 3 else rgb
+    h, w = pictures.shape[1:3]
     if h % 2 or w % 2:
         raise ValueError(f"4:2:0 video needs even sides, got {w}x{h}")
+    path = pathlib.Path(path)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for picture in pictures:
+            planes = _yuv420(picture)
+            for _ in range(frames):
+                f.write(b"FRAME\n")
+                for p in planes:
+                    f.write(p)
+    return path
+
+
+def _yuv420(rgb: np.ndarray) -> list[bytes]:
+    h, w = rgb.shape[:2]
     x = rgb.astype(np.float64)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
@@ -95,22 +111,18 @@ def write_y4m(path: str | pathlib.Path, rgb: np.ndarray, *, frames: int = 10, fp
     def sub(c: np.ndarray) -> np.ndarray:
         return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
 
-    planes = [np.clip(np.round(p), 0, 255).astype(np.uint8).tobytes() for p in (y, sub(u), sub(v))]
-    path = pathlib.Path(path)
-    with path.open("wb") as f:
-        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for _ in range(frames):
-            f.write(b"FRAME\n")
-            for p in planes:
-                f.write(p)
-    return path
+    return [np.clip(np.round(p), 0, 255).astype(np.uint8).tobytes() for p in (y, sub(u), sub(v))]
+
+
+_PATH_OPTIONS = ("video", "file", "screenshot", "profile", "steps", "init_script")
 
 
 def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | int | bool) -> dict:
-    """Runs export/browser.mjs in `mode` (camera | upload | page | bench) and returns its JSON.
+    """Runs export/browser.mjs in `mode` (camera | upload | page | bench | steps) and returns its JSON.
 
     options: video=..., file=..., screenshot=..., frames=..., deny_camera=True, cores=N, spki=...,
-    ignore_https_errors=True, profile=DIR, wait_offline=True, viewport="390x844" (see export/browser.mjs).
+    ignore_https_errors=True, profile=DIR, wait_offline=True, viewport="390x844", steps=FILE,
+    init_script=FILE (see export/browser.mjs).
     """
     chromium = chromium_path()
     if chromium is None:
@@ -118,7 +130,7 @@ def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | in
     cmd = ["node", str(NODE_DIR / "browser.mjs"), mode, "--url", url, "--chromium", chromium]
     cmd += ["--timeout", str(int(timeout_s * 1000))]
     for key, value in options.items():
-        if key in ("video", "file", "screenshot", "profile"):  # node runs in export/: relative paths would land there
+        if key in _PATH_OPTIONS:  # node runs in export/: relative paths would land there
             value = pathlib.Path(value).resolve()
         flag = f"--{key.replace('_', '-')}"
         cmd += [flag] if value is True else [flag, str(value)]
@@ -128,8 +140,24 @@ def run_page(mode: str, url: str, *, timeout_s: float = 180, **options: str | in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def snapshot_pixels(snapshot: dict) -> np.ndarray:
-    """The [size, size, 3] float32 RGB input the page fed its model, from a snapshot."""
+def run_steps(url: str, steps: list[dict], workdir: str | pathlib.Path, **options: str | int | bool) -> dict:
+    """One scripted visit (export/browser.mjs steps mode) in one browser launch: `steps` such as
+    {"click": "#add-species"}, {"fill": "#add-name", "value": "x"}, {"files": "#add-files", "paths": [...]},
+    {"wait": "js expression"}, {"reload": True}, {"goto": url}, {"snapshot": True, "label": "name"},
+    {"eval": "js"}, {"screenshot": path}. Returns {label: what the step reported} (snapshots, evals)
+    and the page's console lines under "console". Paths in steps must be absolute."""
+    path = pathlib.Path(workdir) / "steps.json"
+    path.write_text(json.dumps(steps))
+    out = run_page("steps", url, steps=path, **options)
+    results = dict(out["results"])
+    if len(results) != len(out["results"]):
+        raise ValueError("two steps report under one label; give each a distinct label")
+    return results | {"console": out["console"]}
+
+
+def snapshot_pixels(snapshot: dict, pixels: str | None = None) -> np.ndarray:
+    """The [size, size, 3] float32 RGB input the page fed its model, from a snapshot (`pixels`: another
+    base64 RGB picture of it, e.g. one of snapshot["lastShots"])."""
     size = snapshot["size"]
-    raw = np.frombuffer(base64.b64decode(snapshot["pixels"]), np.uint8)
+    raw = np.frombuffer(base64.b64decode(pixels or snapshot["pixels"]), np.uint8)
     return raw.reshape(size, size, 3).astype(np.float32)
