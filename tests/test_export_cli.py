@@ -37,7 +37,14 @@ def test_cli_exports_pretrained_lite0(tmp_path):
     assert again.returncode != 0 and "--overwrite" in again.stderr
 
 
-def test_cli_without_a_source_says_what_to_pass(tmp_path):
-    cmd = [sys.executable, str(ROOT / "export" / "export_model.py"), "--out", str(tmp_path / "x")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize(
+    "command",
+    [[str(ROOT / "export" / "export_model.py")], ["-m", "flowers_jax.export.cli"]],
+    ids=["documented-script", "python-m"],
+)
+def test_cli_without_a_source_says_what_to_pass(tmp_path, command):
+    """The script in export/ is the package's command: both spellings run it, from any folder."""
+    cmd = [sys.executable, *command, "--out", str(tmp_path / "x")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode != 0 and "--pretrained SOURCE --model NAME" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()

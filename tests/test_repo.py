@@ -7,8 +7,6 @@ import ast
 import pathlib
 import re
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -111,11 +109,6 @@ def test_no_import_cycle_in_flowers_jax():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="flowers_jax/export/exporter.py export_model() is 132 lines; the export CLI is being moved into the "
-    "package (issue #16, item 5) by another engineer as this check lands",
-)
 def test_no_function_in_flowers_jax_is_over_80_lines():
     long = []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -21,7 +21,7 @@ import logging
 import pathlib
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -174,19 +174,82 @@ def export_model(
     variables = jax.tree.map(lambda v: np.asarray(v, np.float32), jax.device_get(variables))
     web.node_modules()  # fail now, not after the conversions, if npm ci was not run
     _prepare_out_dir(out_dir, overwrite)
+    step = _stepper()
+    temperature = float(trust["temperature"]) if trust else 1.0
+    keras_model, reference, runtimes = _checked_twin(model_name, variables, images, image_size, temperature, step)
+    model_json, onnx_path, files = _write_artefacts(
+        out_dir, keras_model, step, model_name, variables, image_size, temperature, float16=float16, jax2tf=jax2tf
+    )
+    timings = _run_artefacts(runtimes, images, model_json, onnx_path, out_dir, tfjs_backends, step, jax2tf=jax2tf)
+    image_info = {"count": len(images), "size": image_size, "source": parity_images_source}
+    report = _parity_report(reference, runtimes, timings, image_info, out_dir, temperature=temperature, float16=float16)
+    step("parity passed; writing metadata.json and the web demo")
+    meta = _write_page(
+        out_dir,
+        files,
+        trust=trust,
+        embedding_stats=embedding_stats,
+        licences=licences,
+        num_classes=num_classes,
+        model_name=model_name,
+        class_names=class_names,
+        image_size=image_size,
+        checkpoint_info=checkpoint_info,
+        val_metrics=val_metrics,
+        float16=float16,
+        embedding_dim=int(reference[twin.EMBEDDING].shape[-1]),
+    )
+    step(f"done: {out_dir}")
+    return ExportResult(out_dir=out_dir, files=files, parity=report, metadata=meta)
+
+
+def _stepper() -> Callable[[str], None]:
+    """A logger of the export's steps, each with the seconds since the export started."""
     t0 = time.perf_counter()
 
     def step(msg: str) -> None:
         log.info("[%6.1fs] %s", time.perf_counter() - t0, msg)
 
-    temperature = float(trust["temperature"]) if trust else 1.0
+    return step
+
+
+def _checked_twin(
+    model_name: str,
+    variables: dict,
+    images: np.ndarray,
+    image_size: int,
+    temperature: float,
+    step: Callable[[str], None],
+) -> tuple[Any, parity.Outputs, dict[str, parity.Outputs]]:
+    """The Keras twin, checked against Flax on `images` before anything is written from it.
+
+    Returns (twin, Flax's outputs, {"keras_twin": the twin's outputs}).
+    """
     step(f"Flax reference on {len(images)} images")
     reference = flax_outputs(model_name, variables, images)
     keras_model = twin.twin_from_variables(model_name, variables, image_size=image_size, temperature=temperature)
     runtimes: dict[str, parity.Outputs] = {"keras_twin": _twin_outputs(keras_model, images)}
     parity.check(parity.compare(reference, runtimes, temperature=temperature))  # a wrong twin: stop now
     step("Keras twin matches Flax; writing its SavedModel")
+    return keras_model, reference, runtimes
 
+
+def _write_artefacts(
+    out_dir: pathlib.Path,
+    keras_model: Any,
+    step: Callable[[str], None],
+    model_name: str,
+    variables: dict,
+    image_size: int,
+    temperature: float,
+    *,
+    float16: bool,
+    jax2tf: bool,
+) -> tuple[pathlib.Path, pathlib.Path, dict[str, str]]:
+    """Writes the twin's SavedModel, TF.js, ONNX and (if jax2tf) the jax2tf SavedModel.
+
+    Returns (TF.js model.json, model.onnx, {role: path relative to out_dir}).
+    """
     files = {"keras_saved_model": KERAS_SAVED_MODEL, "tfjs": f"{TFJS_DIR}/model.json", "onnx": ONNX_FILE}
     saved = savedmodel.export_twin(keras_model, out_dir / KERAS_SAVED_MODEL)
     step("TF.js graph model")
@@ -203,7 +266,21 @@ def export_model(
             temperature=temperature,
         )
         files["jax2tf_saved_model"] = JAX2TF_SAVED_MODEL
+    return model_json, onnx_path, files
 
+
+def _run_artefacts(
+    runtimes: dict[str, parity.Outputs],
+    images: np.ndarray,
+    model_json: pathlib.Path,
+    onnx_path: pathlib.Path,
+    out_dir: pathlib.Path,
+    tfjs_backends: Sequence[str],
+    step: Callable[[str], None],
+    *,
+    jax2tf: bool,
+) -> dict[str, float]:
+    """Adds each written artefact's outputs on `images` to `runtimes`; returns TF.js's ms per image."""
     step("running every artefact on the parity images")
     timings = {}
     for backend in tfjs_backends:
@@ -213,9 +290,26 @@ def export_model(
     runtimes["onnxruntime"] = onnx_export.run(onnx_path, images)
     if jax2tf:
         runtimes["jax2tf_saved_model"] = savedmodel.run_savedmodel(out_dir / JAX2TF_SAVED_MODEL, images)
+    return timings
 
+
+def _parity_report(
+    reference: parity.Outputs,
+    runtimes: dict[str, parity.Outputs],
+    timings: dict[str, float],
+    image_info: dict[str, Any],
+    out_dir: pathlib.Path,
+    *,
+    temperature: float,
+    float16: bool,
+) -> dict[str, Any]:
+    """Compares every runtime with Flax and writes parity.json (pass or fail); returns the report.
+
+    With float16, the TF.js runtimes (the keys of `timings`) are held to FLOAT16_MAX_ABS_PROB.
+    Raises ParityError when an artefact disagrees with Flax.
+    """
     report = parity.compare(reference, runtimes, temperature=temperature)
-    report["images"] = {"count": len(images), "size": image_size, "source": parity_images_source}
+    report["images"] = image_info
     report["tfjs_node_ms_per_image"] = timings
     if float16:
         report["thresholds"]["max_abs_prob_overrides"] = {k: FLOAT16_MAX_ABS_PROB for k in timings}
@@ -227,29 +321,31 @@ def export_model(
         raise parity.ParityError(
             "exported model(s) disagree with Flax (numbers in parity.json):\n  " + "\n  ".join(bad)
         )
-    step("parity passed; writing metadata.json and the web demo")
+    return report
 
+
+def _write_page(
+    out_dir: pathlib.Path,
+    files: dict[str, str],
+    *,
+    trust: dict[str, Any] | None,
+    embedding_stats: abstain.EmbeddingStats | None,
+    licences: dict[str, str] | None,
+    num_classes: int,
+    checkpoint_info: dict[str, Any],
+    **fields: Any,
+) -> dict[str, Any]:
+    """Writes the web demo, embedding_stats.bin (with stats) and metadata.json (`metadata.build` of
+    `fields`, the licences and the artefacts' sizes); returns the metadata. Adds the stats to `files`."""
     web.install(out_dir)
     if embedding_stats is not None:
         trust = dict(trust or {}, embedding_stats=write_stats(out_dir / STATS_FILE, embedding_stats))
         files["embedding_stats"] = STATS_FILE
     licences = {"data": metadata.DATA_LICENCE, "code": "Apache-2.0 (flowers_jax)", **(licences or {})}
     licences.setdefault("weights", metadata.weights_licence(checkpoint_info.get("pretrained")))
-    meta = metadata.build(
-        model_name=model_name,
-        class_names=class_names,
-        image_size=image_size,
-        checkpoint_info=checkpoint_info,
-        val_metrics=val_metrics,
-        licences=licences,
-        files=files,
-        float16=float16,
-        embedding_dim=int(reference[twin.EMBEDDING].shape[-1]),
-        trust=trust,
-    )
+    meta = metadata.build(checkpoint_info=checkpoint_info, licences=licences, files=files, trust=trust, **fields)
     meta["sizes_bytes"] = _sizes(out_dir, {k: v.rsplit("/model.json", 1)[0] for k, v in files.items()})
     meta["num_classes"] = num_classes
     (out_dir / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
     web.finish(out_dir)  # last: the service worker's cache version hashes every file the page uses
-    step(f"done: {out_dir}")
-    return ExportResult(out_dir=out_dir, files=files, parity=report, metadata=meta)
+    return meta

@@ -40,7 +40,8 @@ def node_modules(node_dir: str | pathlib.Path = NODE_DIR) -> pathlib.Path:
     if missing:
         raise FileNotFoundError(
             f"TF.js npm packages missing under {path} ({missing[0]} ...): run `bash export/install.sh` "
-            f"(or `npm ci --prefix {node_dir}`) once, with access to the npm registry"
+            f"(or `npm ci --prefix {node_dir}`) once, with access to the npm registry; FLOWERS_JAX_NODE_DIR "
+            "names that folder (package.json, web/, node_modules/) when it is not this checkout's export/"
         )
     return path
 
