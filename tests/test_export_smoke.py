@@ -65,7 +65,8 @@ def test_smoke_export_parity_and_metadata(smoke_export, calibrated_smoke):
             np.testing.assert_array_equal(flat[offset : offset + n].reshape(a["shape"]), saved[a["name"]])
             offset += n
         assert offset == flat.size and [a["name"] for a in layout["arrays"]] == list(abstain.EmbeddingStats.ARRAYS)
-        assert layout["arrays"][2]["shape"] == [saved["means"].shape[1]] * 2  # the shared precision, D x D
+        shapes = {a["name"]: a["shape"] for a in layout["arrays"]}
+        assert shapes["precision"] == [saved["means"].shape[1]] * 2  # the shared precision, D x D
     photos = images.skimage_photos(count=32, size=64)
     ref = exporter.flax_outputs(config.model, variables, photos)
     onnx = onnx_export.run(out / exporter.ONNX_FILE, photos)
