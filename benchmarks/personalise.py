@@ -84,20 +84,30 @@ def choose_on_val(o: dict, stats, species: np.ndarray, t: float) -> dict:
     means = species_means(unk.embeddings, species, np.ones(len(species), bool), order)
     before = top1(val.logits[0], val.labels)
 
+    # Each held-out val photo against its species added from the other photos: the same formula as
+    # personalise.added_logits, with the discriminants computed once (they do not depend on scale and
+    # margin) and each photo's own species' mean swapped for its leave-one-out mean.
+    trained_g = personalise.discriminants(unk.embeddings, stats.means[stats.counts > 0], stats.precision).max(-1)
+    added_g = personalise.discriminants(unk.embeddings, means, stats.precision)
+    own = np.array([order.index(s) for s in species])
+    for i in range(len(species)):
+        others = species == species[i]
+        others[i] = False
+        loo = personalise.added_mean(unk.embeddings[others])[None]
+        added_g[i, own[i]] = personalise.discriminants(unk.embeddings[i : i + 1], loo, stats.precision)[0, 0]
+    zmax = unk.logits[0].max(-1)
+
     def loo_logits(scale: float, margin: float) -> np.ndarray:
-        """Each held-out val photo against its species added from the other photos."""
-        rows = []
-        for i in range(len(species)):
-            m = means.copy()
-            others = species == species[i]
-            others[i] = False
-            m[order.index(species[i])] = personalise.added_mean(unk.embeddings[others])
-            rows.append(
-                personalise.added_logits(
-                    unk.logits[0][i : i + 1], unk.embeddings[i : i + 1], stats, m, scale=scale, margin=margin
-                )[0]
-            )
-        return np.stack(rows)
+        gaps = added_g - trained_g[:, None] - margin
+        return np.concatenate([unk.logits[0], zmax[:, None] + scale * gaps], axis=-1)
+
+    check = means.copy()
+    check[own[0]] = personalise.added_mean(unk.embeddings[(species == species[0]) & (np.arange(len(species)) != 0)])
+    np.testing.assert_allclose(
+        loo_logits(0.5, 10.0)[0],
+        personalise.added_logits(unk.logits[0][:1], unk.embeddings[:1], stats, check, scale=0.5, margin=10.0)[0],
+        rtol=1e-9,
+    )
 
     grid = []
     for margin in MARGINS:
