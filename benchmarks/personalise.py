@@ -33,16 +33,10 @@ MAX_VAL_LOSS = 0.005  # the trained classes may lose at most half a point of val
 
 def outputs(workdir: str, data_dir: str, size: int) -> dict:
     """Logits, embeddings, labels and ids of every split of the leave-out run at `size`."""
-    from benchmarks.oxford102 import at_size
-    from configs import oxford102_open
+    from benchmarks.trust import open_config
     from flowers_jax import evaluation
-    from flowers_jax.data import tfrecords
 
-    config = oxford102_open.get_config()
-    config.data.data_dir = data_dir
-    config = at_size(config, size)
-    config.eval.calibration = "off"
-    layout = tfrecords.layout_dir(data_dir, config.data.tfrecord_size)
+    config, layout = open_config(data_dir, size)
     variables, _ = evaluation._load(config, workdir, "best")
     out = {"num_classes": config.num_classes}
     for split in ("train", "val", "test", "val_unknown", "test_unknown"):

@@ -120,18 +120,24 @@ def openset_scores(config, workdir: str, split_known: str, split_unknown: str, t
     return out
 
 
-def leave_out(open_workdir: str, open_data_dir: str, size: int) -> dict:
-    """Step 2: the open-set score chosen on val_unknown, then measured on test_unknown."""
+def open_config(open_data_dir: str, size: int):
+    """(config, records folder) of the leave-out run (configs/oxford102_open.py) at `size`, uncalibrated."""
     from benchmarks.oxford102 import at_size
     from configs import oxford102_open
-    from flowers_jax import calibration, evaluation
     from flowers_jax.data import tfrecords
 
     config = oxford102_open.get_config()
     config.data.data_dir = open_data_dir
     config = at_size(config, size)
     config.eval.calibration = "off"
-    layout = tfrecords.layout_dir(open_data_dir, config.data.tfrecord_size)
+    return config, tfrecords.layout_dir(open_data_dir, config.data.tfrecord_size)
+
+
+def leave_out(open_workdir: str, open_data_dir: str, size: int) -> dict:
+    """Step 2: the open-set score chosen on val_unknown, then measured on test_unknown."""
+    from flowers_jax import calibration, evaluation
+
+    config, layout = open_config(open_data_dir, size)
     # T of the leave-out model (its own val), so that msp and energy are the calibrated ones.
     variables, _ = evaluation._load(config, open_workdir, "best")
     val = evaluation.predict_split(config, variables, "val")
