@@ -10,50 +10,36 @@ from __future__ import annotations
 
 import math
 
-from flowers_jax.models.mbconv import Arch, BlockSpec, LayerNames
+from flowers_jax.models.mbconv import Arch, LayerNames, make_divisible, stack
 
-# Stages of B0: (kernel, repeats, in, out, expand ratio, stride).
+# Stages of B0: (kernel, repeats, out channels, expand ratio, stride).
 _STAGES = (
-    (3, 1, 32, 16, 1, 1),
-    (3, 2, 16, 24, 6, 2),
-    (5, 2, 24, 40, 6, 2),
-    (3, 3, 40, 80, 6, 2),
-    (5, 3, 80, 112, 6, 1),
-    (5, 4, 112, 192, 6, 2),
-    (3, 1, 192, 320, 6, 1),
+    (3, 1, 16, 1, 1),
+    (3, 2, 24, 6, 2),
+    (5, 2, 40, 6, 2),
+    (3, 3, 80, 6, 2),
+    (5, 3, 112, 6, 1),
+    (5, 4, 192, 6, 2),
+    (3, 1, 320, 6, 1),
 )
 _SE_RATIO = 0.25
 _DROP_CONNECT_RATE = 0.2
 
-# name -> (width multiplier, depth multiplier, resolution, head dropout)
+# Compound scaling (Tan & Le, 2019): the width and depth multipliers of variant i. EfficientNet-Lite i
+# takes B i's (TF's efficientnet_lite_builder) at its own resolution and head dropout.
+_WIDTH = (1.0, 1.0, 1.1, 1.2, 1.4, 1.6, 1.8, 2.0)
+_DEPTH = (1.0, 1.1, 1.2, 1.4, 1.8, 2.2, 2.6, 3.1)
+_RESOLUTION = {"b": (224, 240, 260, 300, 380, 456, 528, 600), "lite": (224, 240, 260, 280, 300)}
+_DROPOUT = {"b": (0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.5, 0.5), "lite": (0.2, 0.2, 0.3, 0.3, 0.3)}
+
+# name ("b0".."b7", "lite0".."lite4") -> (width multiplier, depth multiplier, resolution, head dropout)
 VARIANTS = {
-    "b0": (1.0, 1.0, 224, 0.2),
-    "b1": (1.0, 1.1, 240, 0.2),
-    "b2": (1.1, 1.2, 260, 0.3),
-    "b3": (1.2, 1.4, 300, 0.3),
-    "b4": (1.4, 1.8, 380, 0.4),
-    "b5": (1.6, 2.2, 456, 0.4),
-    "b6": (1.8, 2.6, 528, 0.5),
-    "b7": (2.0, 3.1, 600, 0.5),
-    "lite0": (1.0, 1.0, 224, 0.2),
-    "lite1": (1.0, 1.1, 240, 0.2),
-    "lite2": (1.1, 1.2, 260, 0.3),
-    "lite3": (1.2, 1.4, 280, 0.3),
-    "lite4": (1.4, 1.8, 300, 0.3),
+    f"{kind}{i}": (_WIDTH[i], _DEPTH[i], resolution, dropout)
+    for kind in ("b", "lite")
+    for i, (resolution, dropout) in enumerate(zip(_RESOLUTION[kind], _DROPOUT[kind], strict=True))
 }
 
-NAMES = LayerNames(
-    stem_conv="stem_conv",
-    stem_bn="stem_bn",
-    expand_conv="expand_conv",
-    expand_bn="expand_bn",
-    dwconv="dwconv",
-    dwconv_bn="bn",
-    project_conv="project_conv",
-    project_bn="project_bn",
-    top_conv="top_conv",
-    top_bn="top_bn",
-)
+NAMES = LayerNames.of("efficientnet")
 
 # Keras's ImageNet EfficientNets normalise with torchvision's mean/std (in [0, 255] units).
 KERAS_IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -65,11 +51,7 @@ LITE_STD = (128.0, 128.0, 128.0)
 
 def round_filters(filters: float, width: float, divisor: int = 8) -> int:
     """Keras/TF `round_filters`: scale by width, round to a multiple of divisor, lose < 10%."""
-    filters *= width
-    new = max(divisor, int(filters + divisor / 2) // divisor * divisor)
-    if new < 0.9 * filters:
-        new += divisor
-    return int(new)
+    return make_divisible(filters * width, divisor)
 
 
 def arch(variant: str) -> Arch:
@@ -83,31 +65,22 @@ def arch(variant: str) -> Arch:
             return r  # fix_head_stem keeps the first and last stages' depth.
         return int(math.ceil(depth * r))
 
+    stages = [
+        (round_filters(out, width), repeats(i, r), kernel, stride, expand)
+        for i, (kernel, r, out, expand, stride) in enumerate(_STAGES)
+    ]
     stem_ch = 32 if lite else round_filters(32, width)
-    total = sum(repeats(i, s[1]) for i, s in enumerate(_STAGES))
-    blocks, in_ch, b = [], stem_ch, 0
-    for i, (kernel, r, nominal_in, out, expand, stride) in enumerate(_STAGES):
-        out_ch = round_filters(out, width)
-        for j in range(repeats(i, r)):
-            nominal = round_filters(nominal_in, width) if j == 0 else out_ch
-            blocks.append(
-                BlockSpec(
-                    prefix=f"block{i + 1}{chr(ord('a') + j)}_",
-                    in_ch=in_ch,
-                    out_ch=out_ch,
-                    expand_ch=in_ch * expand,
-                    kernel=kernel,
-                    stride=stride if j == 0 else 1,
-                    # Keras sizes squeeze-excite from the block's nominal input width.
-                    se_ch=0 if lite else max(1, int(nominal * _SE_RATIO)),
-                    drop_rate=_DROP_CONNECT_RATE * b / total,
-                )
-            )
-            in_ch, b = out_ch, b + 1
+    blocks = stack(
+        stem_ch,
+        stages,
+        lambda stage, j, b: f"block{stage + 1}{chr(ord('a') + j)}_",
+        se_ratio=0.0 if lite else _SE_RATIO,  # Keras sizes squeeze-excite from the block's input width
+        drop_connect_rate=_DROP_CONNECT_RATE,
+    )
     return Arch(
         name=f"efficientnet_{variant}",
         family="efficientnet",
-        blocks=tuple(blocks),
+        blocks=blocks,
         stem_ch=stem_ch,
         top_ch=1280 if lite else round_filters(1280, width),
         activation="relu6" if lite else "swish",

@@ -10,6 +10,7 @@ no architecture knowledge of its own: it walks the table.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -50,9 +51,71 @@ class BlockSpec:
         return self.stride == 1 and self.in_ch == self.out_ch
 
 
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """Keras/TF channel rounding (MobileNetV2's `_make_divisible`, EfficientNet's `round_filters`):
+    the nearest multiple of `divisor`, at least `divisor`, never below 90% of `v`."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    if new < 0.9 * v:
+        new += divisor
+    return new
+
+
+def stack(
+    stem_ch: int,
+    stages: Sequence[tuple[int, int, int, int, int]],
+    prefix: Callable[[int, int, int], str],
+    *,
+    se_ratio: float = 0.0,
+    drop_connect_rate: float = 0.0,
+) -> tuple[BlockSpec, ...]:
+    """The blocks of a backbone from its stages, each (out_ch, repeats, kernel, stride, expansion).
+
+    A stage's first block takes the stage's stride and the width before it; the others stride 1 at
+    out_ch. `prefix(stage, j, b)` names block j of a stage (b: its index in the whole backbone).
+    Keras's EfficientNet blocks also have squeeze-excite of `se_ratio` x their input width and a
+    stochastic-depth rate rising linearly to `drop_connect_rate` (0: none, as MobileNetV2).
+    """
+    total = sum(repeats for _, repeats, *_ in stages)
+    blocks: list[BlockSpec] = []
+    in_ch = stem_ch
+    for s, (out_ch, repeats, kernel, stride, expansion) in enumerate(stages):
+        for j in range(repeats):
+            b = len(blocks)
+            spec = BlockSpec(
+                prefix=prefix(s, j, b),
+                in_ch=in_ch,
+                out_ch=out_ch,
+                expand_ch=in_ch * expansion,
+                kernel=kernel,
+                stride=stride if j == 0 else 1,
+                se_ch=max(1, int(in_ch * se_ratio)) if se_ratio else 0,
+                drop_rate=drop_connect_rate * b / total,
+            )
+            blocks.append(spec)
+            in_ch = out_ch
+    return tuple(blocks)
+
+
+# The families' Keras layer names: role -> (EfficientNet's, MobileNetV2's). Block layers get the
+# block's prefix ("block2a_", "block_3_"); squeeze-excite (EfficientNet's alone) is named alike in both.
+FAMILIES = ("efficientnet", "mobilenet_v2")
+_KERAS_NAMES = {
+    "stem_conv": ("stem_conv", "Conv1"),
+    "stem_bn": ("stem_bn", "bn_Conv1"),
+    "expand_conv": ("expand_conv", "expand"),
+    "expand_bn": ("expand_bn", "expand_BN"),
+    "dwconv": ("dwconv", "depthwise"),
+    "dwconv_bn": ("bn", "depthwise_BN"),
+    "project_conv": ("project_conv", "project"),
+    "project_bn": ("project_bn", "project_BN"),
+    "top_conv": ("top_conv", "Conv_1"),
+    "top_bn": ("top_bn", "Conv_1_bn"),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerNames:
-    """Keras layer names of a family (block names are `prefix + name`)."""
+    """Keras layer names of a family (block names are `prefix + name`); `LayerNames.of(family)`."""
 
     stem_conv: str
     stem_bn: str
@@ -66,6 +129,12 @@ class LayerNames:
     top_bn: str
     se_reduce: str = "se_reduce"
     se_expand: str = "se_expand"
+
+    @classmethod
+    def of(cls, family: str) -> LayerNames:
+        """The names of `family` (one of `FAMILIES`), from the table above."""
+        column = FAMILIES.index(family)
+        return cls(**{role: names[column] for role, names in _KERAS_NAMES.items()})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowers_jax.models.mbconv import Arch, BlockSpec, LayerNames
+from flowers_jax.models.mbconv import Arch, LayerNames, make_divisible, stack
 
 # (out channels, stride of the first block, expansion, repeats)
 _STAGES = (
@@ -18,55 +18,25 @@ _STAGES = (
 # Width multipliers Keras publishes ImageNet weights for; name suffix -> alpha.
 ALPHAS = {"035": 0.35, "050": 0.5, "075": 0.75, "100": 1.0, "130": 1.3, "140": 1.4}
 
-NAMES = LayerNames(
-    stem_conv="Conv1",
-    stem_bn="bn_Conv1",
-    expand_conv="expand",
-    expand_bn="expand_BN",
-    dwconv="depthwise",
-    dwconv_bn="depthwise_BN",
-    project_conv="project",
-    project_bn="project_BN",
-    top_conv="Conv_1",
-    top_bn="Conv_1_bn",
-)
+NAMES = LayerNames.of("mobilenet_v2")
 
 # Keras's MobileNetV2 `preprocess_input` is x / 127.5 - 1; here it lives in the model.
 MEAN = (127.5, 127.5, 127.5)
 STD = (127.5, 127.5, 127.5)
 
 
-def make_divisible(v: float, divisor: int = 8) -> int:
-    """Keras `_make_divisible`: nearest multiple of divisor, never below 90% of v."""
-    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
-    if new < 0.9 * v:
-        new += divisor
-    return new
-
-
 def arch(alpha_key: str = "100") -> Arch:
     """The table of `mobilenet_v2_<alpha_key>` (alpha_key in `ALPHAS`)."""
     alpha = ALPHAS[alpha_key]
     stem_ch = make_divisible(32 * alpha)
-    blocks, in_ch, block_id = [], stem_ch, 0
-    for out, stride, expansion, repeats in _STAGES:
-        out_ch = make_divisible(int(out * alpha))
-        for j in range(repeats):
-            blocks.append(
-                BlockSpec(
-                    prefix=f"block_{block_id}_" if block_id else "expanded_conv_",
-                    in_ch=in_ch,
-                    out_ch=out_ch,
-                    expand_ch=in_ch * expansion,
-                    kernel=3,
-                    stride=stride if j == 0 else 1,
-                )
-            )
-            in_ch, block_id = out_ch, block_id + 1
+    stages = [
+        (make_divisible(int(out * alpha)), repeats, 3, stride, expansion) for out, stride, expansion, repeats in _STAGES
+    ]
+    blocks = stack(stem_ch, stages, lambda stage, j, b: f"block_{b}_" if b else "expanded_conv_")
     return Arch(
         name=f"mobilenet_v2_{alpha_key}",
         family="mobilenet_v2",
-        blocks=tuple(blocks),
+        blocks=blocks,
         stem_ch=stem_ch,
         top_ch=make_divisible(1280 * alpha) if alpha > 1.0 else 1280,
         activation="relu6",
