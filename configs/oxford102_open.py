@@ -6,7 +6,8 @@ Command:
       --output /tmp/oxford102_open --sizes 224 --hold-out-classes 20
   python -m flowers_jax.main --config configs/oxford102_open.py --workdir workdirs/oxford102_open \
       --config.data.data_dir=/tmp/oxford102_open
-  python benchmarks/openset.py --workdir workdirs/oxford102_open --data-dir /tmp/oxford102_open
+  python benchmarks/trust.py --workdir workdirs/oxford102 --data-dir /tmp/oxford102_tfrec \
+      --open-workdir workdirs/oxford102_open --open-data-dir /tmp/oxford102_open
 Expected: README "Trust" (AUROC of known-vs-unknown on the test photos of both groups). The held-out
 classes (seed 0) are listed in the data's dataset.json; their val photos (`val_unknown`) choose the
 open-set score, their test photos (`test_unknown`) measure it.

@@ -91,7 +91,7 @@ def serialize_example(*, id: str | bytes, image: bytes, label: int | None) -> by
     return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
 
 
-# Reading after a scan (see scan.py) has vouched for every record kept: fixed-length features are
+# Reading after a scan (counts.scan_split) has vouched for every record kept: fixed-length features are
 # the fastest parse, and `class` defaults to -1 for unlabelled splits.
 _FEATURES = {
     "id": tf.io.FixedLenFeature([], tf.string),
