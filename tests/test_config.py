@@ -45,7 +45,10 @@ def test_bad_value_names_the_key(key, value, message):
 def test_the_defaults_and_every_shipped_config_are_valid():
     import importlib
 
-    for name in ("default", "smoke", "oxford102", "oxford102_open", "effnet_lite0", "effnet_b0", "mobilenet_v2"):
+    for name in (
+        *("default", "smoke", "oxford102", "oxford102_open", "oxford102_lite1", "oxford102_lite2"),
+        *("effnet_lite0", "effnet_b0", "mobilenet_v2"),
+    ):
         config_lib.validate(importlib.import_module(f"configs.{name}").get_config())
 
 
