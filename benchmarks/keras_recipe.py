@@ -4,10 +4,15 @@ Frozen ImageNet backbone + GlobalAveragePooling + Dropout + softmax head trained
 then the last 20 layers of the backbone unfrozen (BatchNormalization layers kept frozen, as the
 keras.io fine-tuning guide does) at Adam 1e-4; RandomFlip/RandomRotation/RandomZoom/RandomContrast
 augmentation layers in the model; `model.fit` with early stopping on val accuracy. The backbone
-is `flowers_jax.export.twin` of efficientnet_lite0 holding the same ported ImageNet weights our
-Flax run starts from, and the data are the same TFRecords, so the recipes differ and nothing else.
+is `flowers_jax.export.twin` of the model (--model: efficientnet_lite0, _lite1 or _lite2) holding
+the same ported ImageNet weights our Flax run starts from, and the data are the same TFRecords, so
+the recipes differ and nothing else. The photos are read from the records stored at --tfrecord-size
+(default: the image size) and shown to the network at --image-size, by default the model's native
+size as keras.applications would build it (Lite0 224, Lite1 240, Lite2 260; resized from the same
+224 records when those are what is stored).
 
-  KERAS_BACKEND=tensorflow python benchmarks/keras_recipe.py --data-dir /tmp/oxford102_tfrec --out keras.json
+  KERAS_BACKEND=tensorflow python benchmarks/keras_recipe.py --data-dir /tmp/oxford102_tfrec --out keras.json \
+      [--model efficientnet_lite2 --tfrecord-size 224]
 
 benchmarks/oxford102.py runs this beside our recipe; run alone it prints the same JSON.
 """
@@ -24,11 +29,14 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # the twin is a TensorFlow
 import numpy as np  # noqa: E402
 
 
-def recipe(*, model: str, epochs_head: int, epochs_fine: int, batch_size: int, image_size: int) -> dict:
+def recipe(
+    *, model: str, epochs_head: int, epochs_fine: int, batch_size: int, image_size: int, tfrecord_size: int
+) -> dict:
     """The recipe's full configuration, printed beside its result."""
     return {
         "base": f"Keras twin of {model} with the ImageNet weights ported from torch:{model} (ours start from the same)",
         "image_size": image_size,
+        "tfrecord_size": tfrecord_size,
         "batch_size": batch_size,
         "augmentation": "RandomFlip('horizontal'), RandomRotation(0.1), RandomZoom(0.1), RandomContrast(0.1)",
         "head": "GlobalAveragePooling2D -> Dropout(0.2) -> Dense(num_classes, softmax)",
@@ -116,20 +124,28 @@ def run(
     *,
     model_name: str = "efficientnet_lite0",
     num_classes: int = 104,
-    image_size: int = 224,
+    image_size: int | None = None,
+    tfrecord_size: int | None = None,
     batch_size: int = 32,
     epochs_head: int = 8,
     epochs_fine: int = 12,
     seed: int = 0,
 ) -> dict:
-    """Trains the recipe on data_dir's train split (val for early stopping), reports on test."""
+    """Trains the recipe on data_dir's train split (val for early stopping), reports on test.
+
+    image_size: the network's input (default: the model's native size); tfrecord_size: which stored
+    records to read (default: image_size), resized to image_size when they differ.
+    """
     import keras
 
-    from flowers_jax import reports
+    from flowers_jax import models, reports
     from flowers_jax.data import tfrecords
 
+    image_size = image_size or models.get_arch(model_name).resolution
+    tfrecord_size = tfrecord_size or image_size
+
     def split(name, **kw):
-        pattern = tfrecords.split_pattern(data_dir, image_size, name)
+        pattern = tfrecords.split_pattern(data_dir, tfrecord_size, name)
         return _dataset(pattern, image_size=image_size, batch_size=batch_size, seed=seed, **kw)
 
     train, val, test = split("train", shuffle=True), split("val", shuffle=False), split("test", shuffle=False)
@@ -160,6 +176,7 @@ def run(
             epochs_fine=epochs_fine,
             batch_size=batch_size,
             image_size=image_size,
+            tfrecord_size=tfrecord_size,
         ),
         "phases": phases,
         "test": reports.summary_metrics(labels, probs),
@@ -172,12 +189,16 @@ def main() -> None:
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--epochs-head", type=int, default=8)
     parser.add_argument("--epochs-fine", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=0, help="network input; default the model's native size")
+    parser.add_argument("--tfrecord-size", type=int, default=0, help="stored records to read; default --image-size")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", default="", help="also write the result JSON here")
     args = parser.parse_args()
     result = run(
         args.data_dir,
         model_name=args.model,
+        image_size=args.image_size or None,
+        tfrecord_size=args.tfrecord_size or None,
         epochs_head=args.epochs_head,
         epochs_fine=args.epochs_fine,
         batch_size=args.batch,

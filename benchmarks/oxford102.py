@@ -1,19 +1,27 @@
-"""Oxford-102 fine-tune of EfficientNet-Lite0: our staged recipe against the earlier Keras recipe.
+"""Oxford-102 fine-tune of EfficientNet-Lite0 (or --model lite1 / lite2): our staged recipe against
+the earlier Keras recipe, on the same model.
 
 One run, this machine, the same converted photos and the same ported ImageNet weights:
-  1. converts ../shared/data/oxford102 at 224 (skipped when the TFRecords are there);
-  2. ours: configs/oxford102.py through `train_and_evaluate` (train split; val picks the best
+  1. converts ../shared/data/oxford102 at the recipe's stored size, 224 (skipped when the TFRecords
+     are there);
+  2. ours: the model's config (lite0: configs/oxford102.py, lite1: configs/oxford102_lite1.py, lite2:
+     configs/oxford102_lite2.py) through `train_and_evaluate` (train split; val picks the best
      checkpoint and stops stages early); then val picks the test-time image size among
      --test-sizes (the 224 photos scaled up: a model trained on random-resized crops sees flowers
      larger than a whole 224 photo shows them, FixRes, Touvron et al. 2019), and the best
      checkpoint is reported on the 2,040 test photos at 224 and at that size;
-  3. the Keras recipe (benchmarks/keras_recipe.py) in a subprocess on the Keras twin;
+  3. the Keras recipe (benchmarks/keras_recipe.py) in a subprocess on the Keras twin of the same
+     model with the same ported weights, reading the same stored records, at the model's native size
+     (Lite0 224, Lite1 240, Lite2 260);
   4. prints both with wall seconds per epoch, the Keras recipe's full configuration beside its
      result, writes <workdir>/results.json, and copies the curves and confusion matrix to --figures.
 
-  python benchmarks/oxford102.py [--photos ../shared/data/oxford102] [--tfrecords /tmp/oxford102_tfrec]
-      [--workdir workdirs/oxford102] [--epochs-head 8 --epochs-fine 25] [--test-sizes S,S+32,S+64]
-      [--figures docs/results]
+  python benchmarks/oxford102.py [--model lite0|lite1|lite2] [--photos ../shared/data/oxford102]
+      [--tfrecords /tmp/oxford102_tfrec] [--workdir workdirs/oxford102, workdirs/oxford102_<model>]
+      [--epochs-head 8 --epochs-fine 25] [--test-sizes S,S+32,S+64] [--figures docs/results]
+
+Each model has its own workdir (lite0: workdirs/oxford102, as before --model existed; the others
+workdirs/oxford102_lite1, _lite2) and its own figure names (oxford102_*.png, oxford102_lite2_*.png).
 
 Both recipes get the same epoch budget per phase: --epochs-head for the head on the frozen
 backbone, --epochs-fine for the blocks / the last 20 layers (each recipe may stop it early).
@@ -22,6 +30,7 @@ backbone, --epochs-fine for the blocks / the last 20 layers (each recipe may sto
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -35,6 +44,23 @@ from flowers_jax import hugepages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+
+# --model -> (its config in configs/, the name printed)
+MODELS = {
+    "lite0": ("oxford102", "EfficientNet-Lite0"),
+    "lite1": ("oxford102_lite1", "EfficientNet-Lite1"),
+    "lite2": ("oxford102_lite2", "EfficientNet-Lite2"),
+}
+
+
+def recipe_config(model: str):
+    """Our recipe for --model `model`: its config from configs/."""
+    return importlib.import_module(f"configs.{MODELS[model][0]}").get_config()
+
+
+def output_name(model: str) -> str:
+    """The name of `model`'s workdir and figures: oxford102 for Lite0 (as before --model), else oxford102_<model>."""
+    return "oxford102" if model == "lite0" else f"oxford102_{model}"
 
 
 def convert(photos: str, tfrecords: str, size: int) -> None:
@@ -69,11 +95,12 @@ def pick_test_size(config, workdir: str, sizes: list[int]) -> tuple[int, dict[in
     return max(sizes, key=lambda s: (val[s], -s)), val
 
 
-def run_ours(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, test_sizes: list[int] | None) -> dict:
-    from configs import oxford102
+def run_ours(
+    config, tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, test_sizes: list[int] | None
+) -> dict:
     from flowers_jax import evaluation, logs, train
 
-    config = oxford102.get_config()
+    config = config.copy_and_resolve_references()
     config.data.data_dir = tfrecords
     head, fine = config.stage_order.split(",")
     config.stages[head].epochs = epochs_head
@@ -101,10 +128,19 @@ def run_ours(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, t
     }
 
 
-def run_keras(tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int) -> dict:
-    out = os.path.join(workdir, "keras_recipe.json")
+def keras_command(config, tfrecords: str, out: str, epochs_head: int, epochs_fine: int) -> list[str]:
+    """The Keras recipe on the twin of `config`'s model, reading the records our run reads (the network
+    input left at keras_recipe's default, the model's native size)."""
+    from flowers_jax.data import layout
+
     cmd = [sys.executable, os.path.join(HERE, "keras_recipe.py"), "--data-dir", tfrecords, "--out", out]
-    cmd += ["--epochs-head", str(epochs_head), "--epochs-fine", str(epochs_fine)]
+    cmd += ["--model", config.model, "--tfrecord-size", str(layout.tfrecord_size(config))]
+    return cmd + ["--epochs-head", str(epochs_head), "--epochs-fine", str(epochs_fine)]
+
+
+def run_keras(config, tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int) -> dict:
+    out = os.path.join(workdir, "keras_recipe.json")
+    cmd = keras_command(config, tfrecords, out, epochs_head, epochs_fine)
     from benchmarks import common
 
     start = time.perf_counter()
@@ -122,33 +158,41 @@ def _row(name: str, test: dict, epoch_seconds: list[float], epochs: int) -> str:
     )
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(MODELS), default="lite0", help="which recipe config and twin")
     parser.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "oxford102"))
     parser.add_argument("--tfrecords", default="/tmp/oxford102_tfrec")
-    parser.add_argument("--workdir", default="workdirs/oxford102")
+    parser.add_argument("--workdir", default="", help="default workdirs/oxford102 (lite0), workdirs/oxford102_<model>")
     parser.add_argument("--epochs-head", type=int, default=8)
     parser.add_argument("--epochs-fine", type=int, default=25)
     parser.add_argument("--test-sizes", default="", help="test-time sizes val chooses from; default S,S+32,S+64")
     parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "results"), help="'' to skip copying")
     parser.add_argument("--skip-keras", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.workdir = args.workdir or os.path.join("workdirs", output_name(args.model))
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
 
-    from configs import oxford102
+    from flowers_jax.data import layout
 
-    stored = oxford102.get_config().data  # the size the recipe reads its records at
-    convert(args.photos, args.tfrecords, stored.tfrecord_size or stored.image_size)
+    config = recipe_config(args.model)
+    convert(args.photos, args.tfrecords, layout.tfrecord_size(config))  # the size the recipe reads its records at
     test_sizes = [int(s) for s in args.test_sizes.split(",")] if args.test_sizes else None
-    ours = run_ours(args.tfrecords, os.path.join(workdir, "flax"), args.epochs_head, args.epochs_fine, test_sizes)
-    keras = None if args.skip_keras else run_keras(args.tfrecords, workdir, args.epochs_head, args.epochs_fine)
+    epochs = (args.epochs_head, args.epochs_fine)
+    ours = run_ours(config, args.tfrecords, os.path.join(workdir, "flax"), *epochs, test_sizes)
+    keras = None if args.skip_keras else run_keras(config, args.tfrecords, workdir, *epochs)
 
     import jax
 
     data = ours["config"]["data"]
     print(
-        f"\nOxford-102, EfficientNet-Lite0, records at {data['tfrecord_size'] or data['image_size']} px, ours "
+        f"\nOxford-102, {MODELS[args.model][1]}, records at {data['tfrecord_size'] or data['image_size']} px, ours "
         f"trained at {data['image_size']}, {time.strftime('%Y-%m-%d')}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores; test = {ours['test']['examples']} photos"
     )
@@ -169,7 +213,7 @@ def main() -> None:
     )
     print("s/epoch: median wall seconds of an epoch, its training and its validation pass (the first compiles)")
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"ours": ours, "keras": keras, "date": time.strftime("%Y-%m-%d")}, f, indent=2)
+        json.dump({"model": config.model, "ours": ours, "keras": keras, "date": time.strftime("%Y-%m-%d")}, f, indent=2)
 
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
@@ -177,13 +221,11 @@ def main() -> None:
         from flowers_jax import evaluation
 
         trained_size = ours["config"]["data"]["image_size"]
-        test_dir = evaluation.split_dir_name("test", at_size(oxford102.get_config(), ours["test_size"]), trained_size)
+        test_dir = evaluation.split_dir_name("test", at_size(config, ours["test_size"]), trained_size)
+        name = output_name(args.model)
         for src, dst in (
-            (os.path.join(flax_dir, "training_curves.png"), "oxford102_training_curves.png"),
-            (
-                os.path.join(flax_dir, "eval", "best", test_dir, "confusion_matrix.png"),
-                "oxford102_confusion_matrix.png",
-            ),
+            (os.path.join(flax_dir, "training_curves.png"), f"{name}_training_curves.png"),
+            (os.path.join(flax_dir, "eval", "best", test_dir, "confusion_matrix.png"), f"{name}_confusion_matrix.png"),
         ):
             shutil.copyfile(src, os.path.join(args.figures, dst))
         print(f"figures in {args.figures}")

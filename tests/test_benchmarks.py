@@ -54,3 +54,32 @@ def test_oxford_benchmark_lets_val_choose_the_test_size(monkeypatch):
     assert size == 256 and val == {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}
     assert seen == [(s, 224, "best", "val") for s in (224, 256, 288, 320)]
     assert (config.data.image_size, config.data.tfrecord_size) == (256, 224)  # the run's config is untouched
+
+
+def test_oxford_benchmark_model_picks_config_workdir_and_the_keras_twin():
+    """No --model is Lite0 as before (configs/oxford102.py, workdirs/oxford102); --model liteN runs that
+    model's config, its own workdir, and the Keras recipe on the same model from the same stored records."""
+    import pytest
+
+    from benchmarks import oxford102
+    from configs import oxford102 as recipe
+    from flowers_jax.data import layout
+
+    args = oxford102.parse_args([])
+    assert (args.model, args.workdir) == ("lite0", "workdirs/oxford102")
+    assert oxford102.recipe_config("lite0").to_dict() == recipe.get_config().to_dict()
+    assert oxford102.parse_args(["--model", "lite2", "--workdir", "W"]).workdir == "W"
+    stored = layout.tfrecord_size(recipe.get_config())
+    sizes = {"lite0": recipe.get_config().data.image_size, "lite1": 272, "lite2": 288}
+    for model, size in sizes.items():
+        config = oxford102.recipe_config(model)
+        assert (config.model, config.pretrained) == (f"efficientnet_{model}", f"torch:efficientnet_{model}")
+        assert (config.data.image_size, layout.tfrecord_size(config)) == (size, stored)
+        assert oxford102.parse_args(["--model", model]).workdir == f"workdirs/{oxford102.output_name(model)}"
+        cmd = oxford102.keras_command(config, "/data", "out.json", 8, 25)
+        assert cmd[cmd.index("--model") + 1] == f"efficientnet_{model}"
+        assert cmd[cmd.index("--tfrecord-size") + 1] == str(stored)  # the photos ours reads
+        assert "--image-size" not in cmd  # the Keras recipe's input: the model's native size
+    assert oxford102.output_name("lite2") == "oxford102_lite2"
+    with pytest.raises(SystemExit):
+        oxford102.parse_args(["--model", "b0"])
