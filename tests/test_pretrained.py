@@ -33,10 +33,11 @@ TORCH_FILES = {
 
 @pytest.fixture(scope="module", params=sorted(TORCH_FILES))
 def lite_imagenet(request):
-    """(name, model, variables, report) of each `torch:efficientnet_liteN` source, ImageNet head kept."""
+    """(name, jitted apply, variables, report) of each `torch:efficientnet_liteN` source, ImageNet head
+    kept; one jitted function per model, so its photos share one compilation."""
     name = request.param
     variables, report = pretrained.load_with_report(f"torch:{name}", name, 1000)
-    return name, models.create(name, 1000), variables, report
+    return name, jax.jit(models.create(name, 1000).apply), variables, report
 
 
 @pytest.mark.parametrize(
@@ -48,9 +49,9 @@ def lite_imagenet(request):
 )
 def test_lite_imagenet_classifies_real_photos_at_native_size(lite_imagenet, photo, expected):
     data = pytest.importorskip("skimage.data")
-    name, model, variables, _ = lite_imagenet
+    name, apply, variables, _ = lite_imagenet
     size = models.get_arch(name).resolution  # 224, 240, 260
-    logits = jax.jit(model.apply)(variables, _center_crop_resize(getattr(data, photo)(), size))
+    logits = apply(variables, _center_crop_resize(getattr(data, photo)(), size))
     assert int(np.argmax(logits[0])) in expected
 
 
