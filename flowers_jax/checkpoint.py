@@ -36,6 +36,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing or does not belong to this run's model."""
 
 
+class UnreadableError(CheckpointError):
+    """None of the checkpoint steps tried can be restored; `unreadable`: [(step, its error)]."""
+
+    def __init__(self, message: str, unreadable: list[tuple[int, str]]):
+        super().__init__(message)
+        self.unreadable = unreadable
+
+
 def check_compatible(meta: Mapping[str, Any], config: ml_collections.ConfigDict, where: str) -> None:
     """A workdir's checkpoint must be of this config's model and head size."""
     for key in ("model", "num_classes"):
@@ -186,10 +194,11 @@ def _newest_readable(
             return step, restored, unreadable
         unreadable.append((step, error or "unreadable on another process"))
     if unreadable:
-        raise CheckpointError(
+        raise UnreadableError(
             f"{manager.directory}: no checkpoint step can be restored: "
             + "; ".join(f"step {s}: {why}" for s, why in unreadable)
-            + ". If the files are damaged, move the step folders out of the way (or use another --workdir)"
+            + ". If the files are damaged, move the step folders out of the way (or use another --workdir)",
+            unreadable,
         )
     return None, None, unreadable
 
@@ -277,12 +286,9 @@ def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collection
         abstract = state.abstract_state(config, state.build_model(config), meta["stage_index"])
         return abstract_with_sharding(abstract, replicated)
 
-    # "latest" is a moving target: a running trainer deletes old steps (max_to_keep) and a step
-    # can be unreadable (a crash, a full disk). Its reader falls back to the next newest step.
-    candidates = sorted(manager.all_steps(), reverse=True) if which == "latest" else [step]
-    step, (meta, restored), unreadable = _newest_readable(manager, candidates, abstract_for)
+    step, (meta, restored), unreadable = _restore_for_reader(manager, which, step, abstract_for)
     for bad, why in unreadable:
-        log.warning("%s: latest step %d is unreadable (%s); using step %d", workdir, bad, why, step)
+        log.warning("%s: %s step %d is unreadable (%s); using step %d", workdir, which, bad, why, step)
     config = ml_collections.ConfigDict(json.loads(meta["config"]))
     info = {
         "step": step,
@@ -291,6 +297,37 @@ def load_for_inference(workdir: str, which: str = "best") -> tuple[ml_collection
         "stage_index": meta["stage_index"],
     }
     return config, restored.variables(ema=config.ema_decay > 0), info
+
+
+def _restore_for_reader(
+    manager: ocp.CheckpointManager, which: str, step: int, abstract_for: Callable[[dict], Any], *, looks: int = 3
+) -> tuple[int, tuple[dict, Any], list[tuple[int, str]]]:
+    """(step, (meta, state), [(step, why unreadable)]) for a reader of a workdir that may be training.
+
+    "latest" and "best" are moving targets: a running trainer deletes old steps (max_to_keep) as it
+    saves new ones, possibly the one being read, and a step can be unreadable (a crash, a full
+    disk). A reader of "latest" falls back to the next newest step; when none of the steps it knew
+    of reads (a trainer saving every step can delete them all meanwhile), or the "best" it read was
+    replaced, it looks again for steps saved since, `looks` times in all. A step number is read as is.
+    """
+    if which not in ("best", "latest"):
+        return _newest_readable(manager, [step], abstract_for)
+    tried: list[tuple[int, str]] = []
+    error = UnreadableError(f"{manager.directory}: no {which} checkpoint left to read", tried)
+    for look in range(looks):
+        if look:
+            manager.reload()
+        steps = sorted(manager.all_steps(), reverse=True)
+        candidates = [s for s in (steps if which == "latest" else steps[:1]) if s not in dict(tried)]
+        if not candidates:
+            break
+        try:
+            found, restored, unreadable = _newest_readable(manager, candidates, abstract_for)
+            return found, restored, tried + unreadable
+        except UnreadableError as e:
+            error = e
+            tried += e.unreadable
+    raise error
 
 
 def abstract_with_sharding(tree: Any, sharding: jax.sharding.Sharding) -> Any:

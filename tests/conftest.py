@@ -22,6 +22,17 @@ def smoke_workdir(tmp_path_factory) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> pathlib.Path:
+    """The workdir of one uninterrupted `training_runs.TINY` run on one device: the reference that the
+    resumed, 8-device and read-beside runs are compared with. Tests must not change it."""
+    from training_runs import TINY, run
+
+    workdir = tmp_path_factory.mktemp("tiny") / "w"
+    run(workdir, *TINY)
+    return workdir
+
+
+@pytest.fixture(scope="session")
 def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     """(folder, variables) of one small export shared by the browser tests (tests/small_export.py).
     Tests must not change the folder: copy it first."""
@@ -33,7 +44,7 @@ def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
 # Fixtures that train a model or export one end to end: every test that requests one (directly or
 # through another fixture) is marked `slow`, so `pytest -m "not slow"` leaves it out of the quick
 # loop (pyproject.toml registers the marker). eight_device_run is tests/test_train.py's.
-SLOW_FIXTURES = frozenset({"smoke_workdir", "small_export", "eight_device_run"})
+SLOW_FIXTURES = frozenset({"smoke_workdir", "tiny_run", "small_export", "eight_device_run"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

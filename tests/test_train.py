@@ -44,9 +44,8 @@ def test_smoke_run_leaves_every_artifact(smoke_workdir):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run(straight, *TINY)
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tiny_run, tmp_path):
+    straight, killed = tiny_run, tmp_path / "killed"
     proc = subprocess.Popen(
         main_command(killed, *TINY), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -91,9 +90,8 @@ def eight_device_run(tmp_path_factory):
     return workdir
 
 
-def test_one_and_eight_devices_give_the_same_loss_curve(tmp_path, eight_device_run):
-    run(tmp_path / "one", *TINY, devices=1)
-    one, eight = np.array(_train_losses(tmp_path / "one")), np.array(_train_losses(eight_device_run))
+def test_one_and_eight_devices_give_the_same_loss_curve(tiny_run, eight_device_run):
+    one, eight = np.array(_train_losses(tiny_run)), np.array(_train_losses(eight_device_run))
     assert len(one) == len(eight) == 24
     # Same math, other reduction order. While the backbone is frozen (steps 1-8) the curves agree
     # to float noise. Once BatchNorm trains, its statistics must be global over the 8 shards: a
