@@ -92,6 +92,22 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(e)) from None
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, where an unknown `--config.KEY` stops with one line naming it: ml_collections
+    raises a bare AttributeError from inside the parser, a 40-line traceback before "Did you mean"."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        import re
+
+        text = str(e.args[0] if e.args else e)
+        key = m.group() if (m := re.search(r"\w+", text)) else "?"
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        flag = next((a.split("=", 1)[0] for a in argv[1:] if a.split("=", 1)[0].endswith(f".{key}")), "--config")
+        said = f"{flag}: no such config key {key!r}" + (f"; did you mean {hint.group(1)!r}?" if hint else "")
+        raise SystemExit(f"FATAL Flags parsing error: {said}") from None
+
+
 def _use_synthetic_data(config, workdir: str, *, write: bool) -> None:
     """Points the config at <workdir>/data; when training, first writes the small learnable set there (once)."""
     import jax
@@ -123,4 +139,4 @@ if __name__ == "__main__":
 
     hugepages.restart_with_huge_pages()  # XLA:CPU's buffers on huge pages (see hugepages.py)
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

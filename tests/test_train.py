@@ -182,7 +182,8 @@ def test_bad_config_fails_before_compute(tmp_path):
     proc = subprocess.run(
         main_command(tmp_path, "--config.modle=x"), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode != 0 and "modle" in proc.stderr
+    assert proc.returncode != 0 and "--config.modle: no such config key 'modle'; did you mean 'model'?" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
