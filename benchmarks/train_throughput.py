@@ -19,6 +19,10 @@ so each table also records what the CPU layers are worth; Keras is measured once
 Ours runs as `python -m flowers_jax.main` does, restarted with glibc's malloc on huge pages
 (flowers_jax/hugepages.py); Keras runs with its defaults (--keras-huge-pages: with them too).
 
+Each row ends with a fingerprint of our lowered step (StableHLO text, source locations dropped): two
+runs, or two commits, whose rows share it ran the same computation, so a difference in their
+images/s is the machine's, not the code's.
+
 Differences that remain: our EfficientNets run dropout and stochastic depth in training (the
 twin has neither: it is built for inference), which costs us a little.
 """
@@ -26,8 +30,10 @@ twin has neither: it is built for inference), which costs us a little.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,6 +78,21 @@ def flax_images_per_s(model_name: str, mode: str, batch: int, size: int, seconds
     return batch / common.median_seconds(one, min_seconds=seconds)
 
 
+def step_fingerprint(model_name: str, mode: str, batch: int, size: int, kernels: str) -> str:
+    """The first 12 hex digits of the SHA-256 of our jitted step's StableHLO for this model and mode,
+    without source locations (they change with every edit of any file on the path)."""
+    import jax
+
+    from benchmarks import common
+
+    train, bn = ("all", "train") if mode == "full" else ("head", "frozen")
+    step, state = common.train_step_and_state(model_name, size=size, train=train, bn=bn, kernels=kernels)
+    images, labels = common.random_batch(batch, size)
+    text = jax.jit(step).lower(state, {"image": images, "label": labels}).as_text()
+    lines = (re.sub(r"loc\([^)]*\)", "", line) for line in text.splitlines() if not line.startswith("#loc"))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=MODELS)
@@ -105,7 +126,7 @@ def main() -> None:
     bad = [k for k in kernel_choices if k not in models.kernels.KERNELS]
     if bad or not kernel_choices:
         parser.error(f"--kernels: {bad or args.kernels!r} not among {models.kernels.KERNELS}")
-    print(f"{'model':<20}{'mode':<6}{'kernels':<9}{'ours':>10}{'keras fit':>12}{'ratio':>8}")
+    print(f"{'model':<20}{'mode':<6}{'kernels':<9}{'ours':>10}{'keras fit':>12}{'ratio':>8}  step")
     for name in args.models.split(","):
         for mode in args.modes.split(","):
             out = subprocess.run(
@@ -120,7 +141,8 @@ def main() -> None:
             theirs = json.loads(out.stdout.strip().splitlines()[-1])
             for kernels in kernel_choices:
                 ours = flax_images_per_s(name, mode, args.batch, args.size, args.seconds, kernels)
-                row = f"{name:<20}{mode:<6}{kernels:<9}{ours:>10.2f}{theirs:>12.2f}{ours / theirs:>8.2f}"
+                sha = step_fingerprint(name, mode, args.batch, args.size, kernels)
+                row = f"{name:<20}{mode:<6}{kernels:<9}{ours:>10.2f}{theirs:>12.2f}{ours / theirs:>8.2f}  {sha}"
                 print(row, flush=True)
 
 
