@@ -155,13 +155,14 @@ def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
     return variables, info | {"trained_image_size": trained_config.data.image_size}
 
 
-def _guard(config, probs, info: data.DatasetInfo, out_dir) -> guard.GuardReport:
-    train_split = info.splits.get("train")
+def _guard(config, probs, info: data.DatasetInfo | None, out_dir, class_names=None) -> guard.GuardReport:
+    """The prediction-collapse check (against the training prior when `info` has one); guard.json."""
+    train_split = info.splits.get("train") if info is not None else None
     counts = train_split.class_counts if train_split is not None else None
     prior = np.asarray(counts, np.float64) if counts is not None and np.sum(counts) > 0 else None
     report = guard.check_predictions(
         probs,
-        list(info.class_names),
+        list(class_names if class_names is not None else info.class_names),
         prior=prior,
         max_share_ratio=config.eval.guard_max_share_ratio,
         min_histogram_entropy=config.eval.guard_min_histogram_entropy,
@@ -196,23 +197,53 @@ def run_eval(
     variables, info = _load(config, workdir, which)
     cal = _calibration(config, workdir, info)
     outputs = predict_split(config, variables, split)
-    labels = outputs.labels
-    if labels is None:
+    if outputs.labels is None:
         raise EvalError(f"split {split!r} has no labels, so it cannot be evaluated; use --mode predict for it")
-    probs = outputs.probs(cal.temperature if cal else 1.0)
-    data_info = data.dataset_info(config)
-    class_names = data_info.class_names
     out = _out_dir(workdir, "eval", which, split, config, info)
+    return write_eval(
+        config, outputs, cal, out, which=which, split=split, step=info["step"], source={"source": TFRECORDS}
+    )
+
+
+TFRECORDS = "tfrecords"  # metrics.json "source" of an eval of the TFRecord splits (flowers_jax/page_eval.py: "page")
+
+
+def write_eval(
+    config: ml_collections.ConfigDict,
+    outputs: SplitOutputs,
+    cal: trust.Calibration | None,
+    out: str,
+    *,
+    which: str,
+    split: str,
+    step: int,
+    source: dict[str, Any],
+    data_info: data.DatasetInfo | None = None,
+    class_names: list[str] | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Writes eval's reports of labelled `outputs` into `out` and prints the summary (headed `title`,
+    default the split); returns the metrics.
+
+    `source` (where the photos came from, at least {"source": ...}) goes into metrics.json; the class
+    names and training prior come from `data_info` (default: the config's dataset), or `class_names`.
+    """
+    labels = outputs.labels
+    probs = outputs.probs(cal.temperature if cal else 1.0)
+    if data_info is None and class_names is None:
+        data_info = data.dataset_info(config)
+    class_names = list(class_names if class_names is not None else data_info.class_names)
     trusted, curves = trust.evaluate(cal, labels, outputs.logits[0], outputs.embeddings)
     summary = reports.summary_metrics(labels, probs) | {
-        "checkpoint_step": info["step"],
+        "checkpoint_step": step,
         "split": split,
         "image_size": config.data.image_size,
         "tta": config.eval.tta,
+        **source,
         "intervals": reports.bootstrap_intervals(labels, probs.argmax(-1)),
         **trusted,
     }
-    report = _guard(config, probs, data_info, out)
+    report = _guard(config, probs, data_info, out, class_names)
     summary["prediction_collapse"] = report.collapsed
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(out, "metrics.json"), "w") as f:
@@ -227,7 +258,7 @@ def run_eval(
         calibration.plot_reliability(labels, panels, os.path.join(out, "reliability.png"))
         target = cal.selective["target_risk"] if cal else None
         abstain.plot_risk_coverage(curves, os.path.join(out, "risk_coverage.png"), target_risk=target)
-        print(_eval_line(split, which, info["step"], summary) + f"\nreports in {out}", flush=True)
+        print(_eval_line(title or split, which, step, summary) + f"\nreports in {out}", flush=True)
     return summary
 
 
