@@ -6,8 +6,11 @@
   python -m flowers_jax.export.cli ...                 # the same command, from anywhere
 
 With --workdir, W/calibration.json (from `--mode calibrate`) is baked in: the probabilities output
-is softmax(logits / T) in every artefact, the input size defaults to the calibration's, and the
-page's "not sure" / "not one of my flowers" thresholds go to metadata.json.
+is softmax(logits / T) in every artefact, and the page's "not sure" / "not one of my flowers"
+thresholds go to metadata.json. The input size defaults to the one val chose (W/test_size.json,
+flowers_jax/chosen_size.py), else the calibration's, else the training size; a calibration of
+another size is refused. metadata.json's "accuracy" names the measured figure of that checkpoint at
+that size (W/eval/..., page-fed photos first) or says "not measured".
   cd out/lite0 && python -m http.server 8000          # then open http://localhost:8000
 
 Writes the folder described in flowers_jax/export/exporter.py and prints the parity table;
@@ -45,6 +48,7 @@ class ModelToExport:
     image_size: int
     checkpoint_info: dict[str, Any]
     val_metrics: dict[str, Any] | None = None
+    accuracy: dict[str, Any] | None = None  # metadata.accuracy_for: the measured figure of this export
     calibration: Any = None  # flowers_jax.trust.Calibration, or None
 
     def export_kwargs(self) -> dict[str, Any]:
@@ -65,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--model", help=f"model name: {', '.join(models.names())}")
     src.add_argument("--num-classes", type=int, help="head size (default 1000: the ImageNet head of the source)")
     src.add_argument("--classes", help="text file with one class name per line, in logit order")
-    p.add_argument("--image-size", type=int, help="input side (default: the model's native resolution)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help="input side (default with --workdir: the size val chose, W/test_size.json, else the calibration's, "
+        "else the training size; with --pretrained: the model's native resolution)",
+    )
     p.add_argument("--parity-images", help="folder of real JPEG photos (default: scikit-image's sample photos)")
     p.add_argument("--parity-count", type=int, default=32, help="photos in the parity check (>= 32)")
     p.add_argument("--float16", action="store_true", help="store TF.js weights as float16 (half the download)")
@@ -110,16 +119,27 @@ def from_pretrained(args: argparse.Namespace) -> ModelToExport:
 
 def from_workdir(args: argparse.Namespace) -> ModelToExport:
     """--workdir W --checkpoint C: the trained variables, class names and validation metrics of a run."""
-    from flowers_jax import checkpoint, data, inference, trust
+    from flowers_jax import checkpoint, chosen_size, data, inference, trust
     from flowers_jax.data import fixtures
+    from flowers_jax.export import metadata
 
     try:
         config, variables, info = inference.load_for_inference(args.workdir, args.checkpoint)
     except checkpoint.CheckpointError as e:
         raise SystemExit(f"nothing to export: {e}") from None
     cal = None if args.no_calibration else trust.load(args.workdir)
-    # The calibration's size is the size the page must use; without one, the training size.
-    image_size = args.image_size or (cal.image_size if cal else config.data.image_size)
+    # The size val chose for test (W/test_size.json), else the calibration's, else the training size.
+    try:
+        image_size, size_from = chosen_size.resolve(
+            args.workdir,
+            step=info["step"],
+            trained_size=config.data.image_size,
+            explicit=args.image_size,
+            calibration=not args.no_calibration,
+        )
+    except chosen_size.ChosenSizeError as e:
+        raise SystemExit(f"cannot choose the input size: {e} (--image-size S)") from None
+    print(f"input size {image_size}px: {size_from}", flush=True)
     if cal is not None:
         try:
             cal = trust.load_matching(args.workdir, step=info["step"], image_size=image_size)
@@ -142,8 +162,10 @@ def from_workdir(args: argparse.Namespace) -> ModelToExport:
             "checkpoint": args.checkpoint,
             "step": info["step"],
             "pretrained": config.pretrained,
+            "image_size_from": size_from,
         },
         val_metrics=info.get("val"),
+        accuracy=metadata.accuracy_for(args.workdir, step=info["step"], image_size=image_size),
     )
 
 
@@ -211,10 +233,18 @@ def summary(result: exporter.ExportResult) -> str:
         else "not calibrated (no W/calibration.json): the page says so"
     )
     sizes = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in result.metadata["sizes_bytes"].items())
+    acc = result.metadata["accuracy"]
+    accuracy = (
+        f"top-1 {acc['top1']:.2%}, top-5 {acc['top5']:.2%}, macro-F1 {acc['macro_f1']:.4f} on {acc['examples']} "
+        f"{acc['split']} photos ({acc['source_means']}; {acc['file']})"
+        if acc["status"] == "measured"
+        else f"not measured ({acc['why']})"
+    )
     return (
         f"\nParity on {result.parity['images']['count']} photos ({result.parity['images']['source']}):\n"
         + "\n".join(rows)
-        + f"\nConfidence {calibrated}\nSizes: {sizes}\nWeb demo: cd {result.out_dir} && python -m http.server 8000  "
+        + f"\nConfidence {calibrated}\nAccuracy of this export: {accuracy}"
+        + f"\nSizes: {sizes}\nWeb demo: cd {result.out_dir} && python -m http.server 8000  "
         "# then open http://localhost:8000"
     )
 

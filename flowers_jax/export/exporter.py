@@ -139,6 +139,7 @@ def export_model(
     overwrite: bool = False,
     trust: dict[str, Any] | None = None,
     embedding_stats: abstain.EmbeddingStats | None = None,
+    accuracy: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Exports a trained model and checks every artefact against Flax before reporting success.
 
@@ -162,6 +163,8 @@ def export_model(
         None: an uncalibrated export (T = 1; the page says so).
       embedding_stats: the calibration's statistics of the training embeddings (embedding open-set
         scores, and the page's "add a species"), written as embedding_stats.bin.
+      accuracy: the measured accuracy that belongs to this export (`metadata.accuracy_for`), for
+        metadata.json; None: "not measured".
     Returns:
       ExportResult.
     Raises:
@@ -196,6 +199,7 @@ def export_model(
         image_size=image_size,
         checkpoint_info=checkpoint_info,
         val_metrics=val_metrics,
+        accuracy=accuracy,
         float16=float16,
         embedding_dim=int(reference[twin.EMBEDDING].shape[-1]),
     )

@@ -31,6 +31,63 @@ DATA_LICENCE = (
 )
 
 
+SOURCES = {
+    "page": "the original photos, fed as the web page feeds them (flowers_jax/page_eval.py)",
+    "tfrecords": "the converted TFRecords, resized to the input size (--mode eval)",
+}
+NOT_MEASURED = {"status": "not measured", "why": "exported from a pretrained source, not a training run"}
+
+
+def accuracy_for(workdir: str, *, step: int, image_size: int) -> dict[str, Any]:
+    """The `accuracy` block of metadata.json: the measured figure that belongs to an export of
+    checkpoint `step` at `image_size`, from the evals in W/eval/*/*/metrics.json of that step at that
+    size without test-time augmentation (the page has none). The figure stated is, in this order, the
+    page-fed test photos', the TFRecord test split's, then the same on val; every other match is
+    listed under "also". Without one: {"status": "not measured", ...} with the command that measures it.
+    """
+    import json
+    import os
+
+    import tensorflow as tf
+
+    found = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(workdir, "eval", "*", "*", "metrics.json"))):
+        with tf.io.gfile.GFile(path) as f:
+            m = json.load(f)
+        if m.get("checkpoint_step") != step or m.get("image_size") != image_size or m.get("tta"):
+            continue
+        source = m.get("source", "tfrecords")  # evals written before the field was added read TFRecords
+        found.append(
+            {
+                "top1": m["accuracy"],
+                "top5": m["top5_accuracy"],
+                "macro_f1": m["macro_f1"],
+                "intervals": m.get("intervals"),
+                "split": m["split"],
+                "examples": m["examples"],
+                "source": source,
+                "source_means": SOURCES.get(source, source),
+                "checkpoint_step": step,
+                "image_size": image_size,
+                "file": os.path.relpath(path, workdir),
+            }
+            | ({"photos": m["photos"], "runtime": m.get("runtime")} if source == "page" else {})
+        )
+    if not found:
+        return {
+            "status": "not measured",
+            "why": f"no eval of step {step} at {image_size}px without test-time augmentation in {workdir}/eval",
+            "how": f"python -m flowers_jax.main --config C --workdir {workdir} --mode eval --split test "
+            f"--photos PHOTOS_DIR --config.data.image_size={image_size}  (or without --photos: the TFRecords)",
+        }
+
+    def rank(e: dict) -> tuple:
+        return ({"test": 0, "val": 1}.get(e["split"], 2), e["source"] != "page", e["file"])
+
+    found.sort(key=rank)
+    return {"status": "measured", **found[0], "also": found[1:]}
+
+
 def weights_licence(pretrained_source: str | None) -> str:
     """Licence text for weights initialised from `pretrained_source` ("" or None: random init)."""
     if not pretrained_source:
@@ -53,6 +110,7 @@ def build(
     float16: bool,
     embedding_dim: int,
     trust: dict[str, Any] | None = None,
+    accuracy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata.json dict.
 
@@ -67,6 +125,8 @@ def build(
       float16: whether the TF.js weights are stored as float16.
       embedding_dim: D of the embedding output.
       trust: the calibration (`trust_block`), or None for an uncalibrated export.
+      accuracy: the measured accuracy of this checkpoint at this size (`accuracy_for`), or None:
+        "not measured".
     """
     return {
         "model_name": model_name,
@@ -87,6 +147,7 @@ def build(
         },
         "checkpoint": checkpoint_info,
         "validation_metrics": val_metrics,
+        "accuracy": accuracy or NOT_MEASURED,
         "licences": licences,
         "files": files,
         "tfjs_weights_float16": float16,
