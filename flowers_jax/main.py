@@ -30,6 +30,13 @@ _SPLIT = flags.DEFINE_string(
     "eval/predict/calibrate: val, test, train, or a path/glob of .tfrec files (default: val for eval and "
     "calibrate, test for predict).",
 )
+_PHOTOS = flags.DEFINE_string(
+    "photos",
+    None,
+    "eval: score the original photos of --split in this folder (Oxford-102 layout or class folders) fed as the "
+    "web page feeds them (flowers_jax/page_eval.py), at the size val chose; reports in W/eval/<checkpoint>/page-*.",
+)
+_ONNX = flags.DEFINE_string("onnx", None, "with --photos: score with this export folder's model.onnx, not Flax.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"], "jax.distributed: auto = when a coordinator is given or on a TPU pod."
 )
@@ -81,8 +88,25 @@ def main(argv: list[str]) -> None:
 
     from flowers_jax import evaluation
 
+    if (_PHOTOS.value or _ONNX.value) and _MODE.value != "eval":
+        raise app.UsageError("--photos and --onnx go with --mode eval")
     try:
-        if _MODE.value == "eval":
+        if _MODE.value == "eval" and _PHOTOS.value:
+            from flowers_jax import page_eval
+
+            size = config_flags.get_override_values(flags.FLAGS["config"]).get("data.image_size")
+            page_eval.run_page_eval(
+                config,
+                _WORKDIR.value,
+                _PHOTOS.value,
+                _CHECKPOINT.value,
+                _SPLIT.value or "val",
+                image_size=size,
+                onnx=_ONNX.value,
+            )
+        elif _MODE.value == "eval":
+            if _ONNX.value:
+                raise app.UsageError("--onnx needs --photos (the page-fed eval)")
             evaluation.run_eval(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
         elif _MODE.value == "calibrate":
             evaluation.run_calibrate(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
