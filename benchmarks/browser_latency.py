@@ -35,22 +35,17 @@ import logging
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-try:
-    import flowers_jax  # noqa: F401
-except ModuleNotFoundError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 import numpy as np  # noqa: E402
 from skimage import data  # noqa: E402
 
+from benchmarks.sensitised import sensitised_variables  # noqa: E402
 from flowers_jax import models, pretrained  # noqa: E402
-from flowers_jax.export import browser, exporter, images, testing  # noqa: E402
+from flowers_jax.export import browser, exporter, images  # noqa: E402
 
 NUM_CLASSES, SIZE = 104, 224
 
@@ -67,7 +62,7 @@ def export(name: str, out: pathlib.Path, parity_dir: str | None) -> dict:
         variables = pretrained.load("torch:efficientnet_lite0", name, NUM_CLASSES)
         info = {"pretrained": "torch:efficientnet_lite0", "head": "random (benchmark)"}
     else:
-        variables = testing.sensitised_variables(name, num_classes=NUM_CLASSES, images=photos[::4])
+        variables = sensitised_variables(name, num_classes=NUM_CLASSES, images=photos[::4])
         info = {"source": "sensitised random variables (benchmark)"}
     result = exporter.export_model(
         out,

@@ -1,6 +1,6 @@
 """A copy of the small export (tests/small_export.py) calibrated for the page's "Add a species", and the
 photos to add and test it with; used by tests/test_add_species_browser.py and
-benchmarks/add_species_screenshot.py.
+tests/add_species_screenshot.py.
 
 The new species is scikit-image's coffee cup: one view of it at several exposures, as camera frames
 and as photos to choose; the trained classes' Gaussians are fitted to views of eight other sample

@@ -2,7 +2,7 @@
 
 The smoke configuration's network (MobileNetV2 0.35 at 64x64, 8 classes) with sensitised random
 variables (BatchNorm statistics measured on real photos, O(10) logits that differ between
-photos; flowers_jax.export.testing), so each check can fail. Every runtime is parity-checked.
+photos; benchmarks/sensitised.py), so each check can fail. Every runtime is parity-checked.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ CLASSES = [
 
 def make(out: pathlib.Path) -> tuple[pathlib.Path, dict]:
     """Exports into `out` (TF.js checked in Node on wasm and cpu, ONNX, jax2tf); returns (out, variables)."""
-    from flowers_jax.export import exporter, images, testing
+    from benchmarks.sensitised import sensitised_variables
+    from flowers_jax.export import exporter, images
 
     photos = images.skimage_photos(count=32, size=SIZE)
-    variables = testing.sensitised_variables(MODEL, num_classes=len(CLASSES), images=photos[::2])
+    variables = sensitised_variables(MODEL, num_classes=len(CLASSES), images=photos[::2])
     result = exporter.export_model(
         out,
         model_name=MODEL,

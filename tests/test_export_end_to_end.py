@@ -14,9 +14,10 @@ import re
 
 import numpy as np
 import pytest
+from keras_helpers import relative_error
 from small_export import CLASSES, MODEL, SIZE
 
-from flowers_jax.export import browser, exporter, images, parity, testing, tfjs, web
+from flowers_jax.export import browser, exporter, images, parity, tfjs, web
 
 pytest.importorskip("keras")
 
@@ -76,7 +77,7 @@ def test_float16_tfjs_model(exported, tmp_path):
     f16 = sum(f.stat().st_size for f in model_json.parent.glob("*.bin"))
     assert 0.45 < f16 / f32 < 0.55
     logits = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")[0]["logits"]
-    error = testing.relative_error(logits, exporter.flax_logits(MODEL, variables, photos))
+    error = relative_error(logits, exporter.flax_logits(MODEL, variables, photos))
     assert 1e-4 < error < 0.1  # rounded for real, and still the same network
 
 

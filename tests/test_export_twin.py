@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from keras_helpers import relative_error
 from scipy.special import softmax
 
+from benchmarks.sensitised import sensitised_variables
 from flowers_jax import models
-from flowers_jax.export import exporter, images, parity, savedmodel, testing, tfjs, twin, web
+from flowers_jax.export import exporter, images, parity, savedmodel, tfjs, twin, web
 
 pytest.importorskip("keras")
 
@@ -34,7 +36,7 @@ def photos() -> np.ndarray:
     ],
 )
 def test_twin_matches_flax(name, photos, tmp_path):
-    variables = testing.sensitised_variables(name, num_classes=7, images=photos)
+    variables = sensitised_variables(name, num_classes=7, images=photos)
     reference = exporter.flax_logits(name, variables, photos)
     # A sensitive witness: logits of order 10 that differ between photos.
     assert 3 < reference.std() < 30
@@ -42,7 +44,7 @@ def test_twin_matches_flax(name, photos, tmp_path):
 
     keras_model = twin.twin_from_variables(name, variables, image_size=SIZE)
     out = keras_model(photos, training=False)
-    assert testing.relative_error(out["logits"], reference) <= TOL
+    assert relative_error(out["logits"], reference) <= TOL
     # The probabilities output is the softmax of the twin's own logits (tight), and so within what
     # the logits tolerance allows of Flax's: logit errors of up to ~5e-4 (TOL on logits of order
     # 10) move a probability by up to p(1 - p) * 5e-4 <= 1.25e-4; a missing or wrong softmax is O(0.1).
@@ -60,7 +62,7 @@ def test_twin_matches_flax(name, photos, tmp_path):
         fused = json.loads(model_json.read_text())["modelTopology"]["node"]
         assert any("se_reduce" in n["name"] and n["op"] == "_FusedConv2D" for n in fused)
         logits = parity.run_tfjs_node(model_json, photos, node_dir=web.NODE_DIR, backend="wasm")[0]["logits"]
-        assert testing.relative_error(logits, reference) <= TOL
+        assert relative_error(logits, reference) <= TOL
 
 
 def _leaves(tree):

@@ -1,4 +1,5 @@
-"""Variables that make an export check able to fail, for tests and benchmarks.
+"""Stand-in variables that make an export check able to fail: the export tests' witness network, and
+the benchmarks' weights where the values do not matter (latency, the page's screenshots).
 
 A freshly initialised network is a poor witness: its logits are ~1e-14 (any absolute
 tolerance passes a wrong export), BatchNorm at mean 0 / variance 1 is almost the identity
@@ -69,9 +70,3 @@ def sensitised_variables(
     head["bias"] = ((head["bias"] - logits.mean(axis=0)) * factor).astype(np.float32)
     head["kernel"] = (head["kernel"] * factor).astype(np.float32)
     return variables
-
-
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """||out - ref|| / ||ref|| in float64."""
-    ref = np.asarray(ref, np.float64)
-    return float(np.linalg.norm(np.asarray(out, np.float64) - ref) / np.linalg.norm(ref))

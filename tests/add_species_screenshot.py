@@ -1,6 +1,8 @@
 """A phone-sized screenshot (390 x 844) of the page with an added species in the top 5 (for the README).
 
-  python benchmarks/add_species_screenshot.py [--out docs/results] [--export DIR]
+  python tests/add_species_screenshot.py [--out docs/results] [--export DIR]
+
+It lives beside the test fixtures it is made from (Python puts this folder on sys.path).
 
 Makes the test suite's small export (tests/small_export.py: MobileNetV2 0.35 at 64 px, sensitised
 random weights; a few minutes; or --export: a folder small_export.make wrote earlier), calibrates a
@@ -16,11 +18,9 @@ import argparse
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))  # small_export, add_species_site
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -38,15 +38,14 @@ def main() -> None:
     import small_export
     from PIL import Image
 
-    from flowers_jax.export import browser, images, testing
+    from benchmarks.sensitised import sensitised_variables
+    from flowers_jax.export import browser, images
 
     tmp = pathlib.Path(tempfile.mkdtemp())
     if args.export:  # its variables again: small_export.make's, from a fixed seed
         export = pathlib.Path(args.export)
         photos = images.skimage_photos(count=32, size=small_export.SIZE)
-        variables = testing.sensitised_variables(
-            small_export.MODEL, num_classes=len(small_export.CLASSES), images=photos[::2]
-        )
+        variables = sensitised_variables(small_export.MODEL, num_classes=len(small_export.CLASSES), images=photos[::2])
     else:
         export, variables = small_export.make(tmp / "export")
     site = add_species_site.make(export, tmp / "site", variables)
