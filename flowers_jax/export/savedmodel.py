@@ -41,14 +41,15 @@ def export_jax2tf(
     """The exact JAX function as a SavedModel (one XlaCallModule op; fine in TF Serving).
 
     The variables are stored as TF variables (not folded into the StableHLO), and the batch
-    dimension is symbolic. Depthwise convolutions are exported as `lax.conv`, the form
-    TPU/GPU serving wants (the CPU-only "shift" form computes the same values).
+    dimension is symbolic. The graph is built from flax's layers (`kernels="xla"`: `lax.conv`,
+    `nn.BatchNorm`), the form TPU/GPU serving wants, wherever the export runs: the hand-written
+    XLA:CPU layers compute the same values but were written for training on XLA:CPU alone.
     """
     import tensorflow as tf
     from jax.experimental import jax2tf
 
     num_classes = int(variables["params"]["head"]["predictions"]["kernel"].shape[-1])
-    model = models.create(model_name, num_classes, depthwise_impl="conv")
+    model = models.create(model_name, num_classes, kernels="xla")
 
     def predict(variables: dict, images: jax.Array) -> dict[str, jax.Array]:
         logits, embedding = model.apply(variables, images, train=False, with_embedding=True)
