@@ -7,6 +7,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -19,6 +21,26 @@ def smoke_workdir(tmp_path_factory) -> pathlib.Path:
     workdir = tmp_path_factory.mktemp("smoke")
     run(workdir, timeout=600)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def calibrate_run(smoke_workdir, tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    """(workdir, the command's result) of `--mode calibrate` on a copy of the smoke workdir (the shared
+    one stays uncalibrated). Tests may add eval/ and predict/ folders to it, nothing else."""
+    from training_runs import ROOT, env, main_command
+
+    workdir = tmp_path_factory.mktemp("calibrated_smoke") / "w"
+    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("eval", "predict"))
+    done = subprocess.run(
+        main_command(workdir, "--mode=calibrate"), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, done
+
+
+@pytest.fixture(scope="session")
+def calibrated_smoke(calibrate_run) -> pathlib.Path:
+    return calibrate_run[0]
 
 
 @pytest.fixture(scope="session")

@@ -135,15 +135,14 @@ def test_mismatched_checkpoint_and_missing_workdir_are_clear_errors(smoke_workdi
 
 
 @pytest.fixture
-def calibrated_workdir(smoke_workdir, tmp_path):
-    """A copy of the smoke workdir (so the shared one stays uncalibrated) after `--mode calibrate`."""
+def calibrated_workdir(calibrate_run, tmp_path):
+    """A copy of the session's calibrated smoke workdir (conftest.py) for a test's own eval/predict."""
     import shutil
 
-    workdir = tmp_path / "w"
-    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("eval", "predict", "export*"))
-    proc = _main(workdir, "--mode=calibrate")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    calibrated, proc = calibrate_run
     assert "calibrated step" in proc.stdout and "not sure:" in proc.stdout
+    workdir = tmp_path / "w"
+    shutil.copytree(calibrated, workdir, ignore=shutil.ignore_patterns("eval", "predict", "export*"))
     return workdir
 
 

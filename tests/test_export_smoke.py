@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from training_runs import ROOT, env, main_command
+from training_runs import ROOT, env
 
 from flowers_jax import abstain, inference
 from flowers_jax.export import browser, exporter, images, onnx_export, parity
@@ -21,18 +20,6 @@ def _export(workdir, out, *extra: str, timeout: float = 900) -> subprocess.Compl
     """Runs the documented exporter command on a training workdir."""
     cmd = [sys.executable, str(ROOT / "export" / "export_model.py"), "--workdir", str(workdir), "--out", str(out)]
     return subprocess.run([*cmd, *extra], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def calibrated_smoke(smoke_workdir, tmp_path_factory):
-    """A copy of the smoke workdir after `--mode calibrate` (the shared one stays uncalibrated)."""
-    workdir = tmp_path_factory.mktemp("calibrated_smoke") / "w"
-    shutil.copytree(smoke_workdir, workdir, ignore=shutil.ignore_patterns("eval", "predict"))
-    done = subprocess.run(
-        main_command(workdir, "--mode=calibrate"), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return workdir
 
 
 @pytest.fixture(scope="module")
