@@ -81,24 +81,16 @@ def at_size(config, size: int):
     return c
 
 
-def pick_test_size(config, workdir: str, sizes: list[int]) -> tuple[int, dict[int, float]]:
-    """Val accuracy of the best checkpoint at each test-time size (from the same records, resized);
-    returns the size val prefers (ties: the smaller) and every val figure."""
-    from flowers_jax import evaluation
-
-    def uncalibrated(size: int):  # accuracy does not depend on it, and a calibration holds one size only
-        c = at_size(config, size)
-        c.eval.calibration = "off"
-        return c
-
-    val = {size: evaluation.run_eval(uncalibrated(size), workdir, "best", "val")["accuracy"] for size in sizes}
-    return max(sizes, key=lambda s: (val[s], -s)), val
-
-
 def run_ours(
-    config, tfrecords: str, workdir: str, epochs_head: int, epochs_fine: int, test_sizes: list[int] | None
+    config,
+    tfrecords: str,
+    workdir: str,
+    epochs_head: int,
+    epochs_fine: int,
+    test_sizes: list[int] | None,
+    photos: str,
 ) -> dict:
-    from flowers_jax import evaluation, logs, train
+    from flowers_jax import chosen_size, evaluation, logs, page_eval, train
 
     config = config.copy_and_resolve_references()
     config.data.data_dir = tfrecords
@@ -110,7 +102,10 @@ def run_ours(
     train_wall = time.perf_counter() - start
     test_at_train_size = evaluation.run_eval(config, workdir, "best", "test")
     train_size = config.data.image_size
-    size, val_by_size = pick_test_size(config, workdir, test_sizes or [train_size + d for d in (0, 32, 64)])
+    # Val chooses the test-time size and W/test_size.json records it (the exporter and the page-fed eval read it).
+    size, val_by_size = chosen_size.choose(config, workdir, test_sizes or [train_size + d for d in (0, 32, 64)])
+    # The test photos' original JPEGs fed as the web page feeds them, at that size: what a person gets.
+    page_test = page_eval.run_page_eval(config, workdir, photos, "best", "test")
     # Last, so that <workdir>/eval/best/test holds the reports (confusion matrix) of the figure reported.
     test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
     epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
@@ -125,6 +120,7 @@ def run_ours(
         "val_accuracy_by_test_size": val_by_size,
         "test_at_train_size": test_at_train_size,
         "test": test,
+        "page_fed_test": page_test,
     }
 
 
@@ -152,9 +148,11 @@ def run_keras(config, tfrecords: str, workdir: str, epochs_head: int, epochs_fin
 
 
 def _row(name: str, test: dict, epoch_seconds: list[float], epochs: int) -> str:
+    ci = test.get("intervals")  # eval's 95% bootstrap intervals (the Keras recipe's report has none)
+    spans = [f"[{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if ci else "" for k in ("accuracy", "macro_f1")]
     return (
-        f"{name:<28}{test['accuracy']:>8.4f}{test['top5_accuracy']:>8.4f}{test['macro_f1']:>10.4f}"
-        f"{epochs:>8d}{float(np.median(epoch_seconds)):>12.1f}"
+        f"{name:<28}{test['accuracy']:>8.4f} {spans[0]:<18}{test['top5_accuracy']:>8.4f}{test['macro_f1']:>10.4f} "
+        f"{spans[1]:<18}{epochs:>8d}{float(np.median(epoch_seconds)):>12.1f}"
     )
 
 
@@ -185,7 +183,7 @@ def main() -> None:
     convert(args.photos, args.tfrecords, layout.tfrecord_size(config))  # the size the recipe reads its records at
     test_sizes = [int(s) for s in args.test_sizes.split(",")] if args.test_sizes else None
     epochs = (args.epochs_head, args.epochs_fine)
-    ours = run_ours(config, args.tfrecords, os.path.join(workdir, "flax"), *epochs, test_sizes)
+    ours = run_ours(config, args.tfrecords, os.path.join(workdir, "flax"), *epochs, test_sizes, args.photos)
     keras = None if args.skip_keras else run_keras(config, args.tfrecords, workdir, *epochs)
 
     import jax
@@ -196,10 +194,14 @@ def main() -> None:
         f"trained at {data['image_size']}, {time.strftime('%Y-%m-%d')}, {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores; test = {ours['test']['examples']} photos"
     )
-    print(f"{'recipe':<28}{'top-1':>8}{'top-5':>8}{'macro-F1':>10}{'epochs':>8}{'s/epoch':>12}")
+    print(
+        f"{'recipe':<28}{'top-1':>8} {'95% interval':<18}{'top-5':>8}{'macro-F1':>10} {'95% interval':<18}"
+        f"{'epochs':>8}{'s/epoch':>12}"
+    )
     ours_seconds = [e["train_seconds"] + e["val_seconds"] for e in ours["epochs"]]
     print(_row(f"ours, test at {data['image_size']}", ours["test_at_train_size"], ours_seconds, len(ours["epochs"])))
     print(_row(f"ours, test at {ours['test_size']} (val's)", ours["test"], ours_seconds, len(ours["epochs"])))
+    print(_row("  same, page-fed photos", ours["page_fed_test"], ours_seconds, len(ours["epochs"])))
     if keras:
         keras_seconds = [s for p in keras["phases"] for s in p["epoch_seconds"]]
         print(_row("Keras recipe (model.fit)", keras["test"], keras_seconds, len(keras_seconds)))

@@ -34,26 +34,29 @@ def test_keras_recipe_head_then_last_20_layers_without_batchnorm():
     assert not any("bn" in n for n in trainable)
 
 
-def test_oxford_benchmark_lets_val_choose_the_test_size(monkeypatch):
-    """Each candidate size is evaluated on val from the training-size records; the best val wins,
-    a tie goes to the smaller size, and test is never read for the choice."""
-    from benchmarks import oxford102
+def test_val_chooses_the_test_size_and_records_it(monkeypatch, tmp_path):
+    """chosen_size.choose (what benchmarks/oxford102.py calls): each candidate size is evaluated on val
+    from the training-size records; the best val wins, a tie goes to the smaller size, test is never
+    read for the choice, and W/test_size.json records it for the exporter and the page-fed eval."""
     from configs import oxford102 as recipe
-    from flowers_jax import evaluation
+    from flowers_jax import chosen_size, evaluation
 
     seen = []
 
     def fake_eval(config, workdir, which, split):
         seen.append((config.data.image_size, config.data.tfrecord_size, which, split))
-        return {"accuracy": {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}[config.data.image_size]}
+        accuracy = {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}[config.data.image_size]
+        return {"accuracy": accuracy, "checkpoint_step": 806}
 
     monkeypatch.setattr(evaluation, "run_eval", fake_eval)
     config = recipe.get_config()
     config.data.tfrecord_size, config.data.image_size = 224, 256  # photos stored at 224, trained at 256
-    size, val = oxford102.pick_test_size(config, "W", [224, 256, 288, 320])
+    size, val = chosen_size.choose(config, str(tmp_path), [224, 256, 288, 320])
     assert size == 256 and val == {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}
     assert seen == [(s, 224, "best", "val") for s in (224, 256, 288, 320)]
     assert (config.data.image_size, config.data.tfrecord_size) == (256, 224)  # the run's config is untouched
+    recorded = chosen_size.load(str(tmp_path))
+    assert (recorded["image_size"], recorded["checkpoint"]["step"], recorded["chosen_on"]) == (256, 806, "val")
 
 
 def test_oxford_benchmark_model_picks_config_workdir_and_the_keras_twin():
