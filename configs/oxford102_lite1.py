@@ -5,7 +5,7 @@ Command: `python benchmarks/oxford102.py --model lite1` (or `python -m flowers_j
 configs/oxford102_lite1.py ...` as in configs/oxford102_lite2.py). Expected: not measured yet.
 
 Lite1's native size is 240; it is shown its photos 32 px above that, at 272, as the recipe shows
-Lite0 (native 224) at 256 -- from the same stored 224 records. Everything else is the recipe's.
+Lite0 (native 224) at 256 -- from the same stored 448 records. Everything else is the recipe's.
 """
 
 from configs import oxford102
