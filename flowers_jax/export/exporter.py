@@ -153,23 +153,19 @@ def export_model(
       val_metrics: validation metrics of the checkpoint (or None), for metadata.json.
       images_for_parity: [N >= 32, S, S, 3] float32 real photos, RGB in [0, 255].
       parity_images_source: where those photos came from (for parity.json).
-      licences: {"weights", "data", "code"}; missing keys get the project's defaults.
-      float16: store the TF.js weights as float16 (judged by FLOAT16_MAX_ABS_PROB).
+      licences: {"weights", "data", "code"} (missing: defaults); float16: float16 TF.js weights.
       tfjs_backends: TF.js backends to check in Node ("wasm", "cpu").
       jax2tf: also write (and check) the jax2tf SavedModel.
       overwrite: replace an earlier export in out_dir.
-      trust: the calibration (`flowers_jax.trust.Calibration.for_export()`): its temperature is baked
-        into every artefact's probabilities output, the rest goes to metadata.json for the page.
-        None: an uncalibrated export (T = 1; the page says so).
-      embedding_stats: the calibration's statistics of the training embeddings (embedding open-set
-        scores, and the page's "add a species"), written as embedding_stats.bin.
-      accuracy: the measured accuracy that belongs to this export (`metadata.accuracy_for`), for
-        metadata.json; None: "not measured".
+      trust: `trust.Calibration.for_export()`: T baked into every probabilities output, the rest to
+        metadata.json for the page; None: uncalibrated (T = 1; the page says so).
+      embedding_stats: the training embeddings' statistics (open-set scores, "add a species").
+      accuracy: this export's measured accuracy (`metadata.accuracy_for`); None: "not measured".
     Returns:
       ExportResult.
     Raises:
-      twin.TwinUnsupportedError: a model the Keras twin does not cover.
-      parity.ParityError: an artefact disagrees with Flax (parity.json is written first).
+      twin.TwinUnsupportedError: a model the Keras twin does not cover; parity.ParityError: an
+      artefact disagrees with Flax (parity.json is written first).
     """
     out_dir = pathlib.Path(out_dir)
     images = np.asarray(images_for_parity, np.float32)
