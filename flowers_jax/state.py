@@ -143,4 +143,6 @@ def abstract_state(config: ml_collections.ConfigDict, model: models.Classifier, 
     stage = stages(config)[stage_index][1]
     groups = optim.param_groups(shapes["params"], stage, models.get_arch(config.model))
     tx = optim.make_optimizer(config, stage, groups, steps=2, steps_per_epoch=1)
-    return jax.eval_shape(lambda: new_state(shapes, tx, seed=config.seed, ema=config.ema_decay > 0))
+    # The shapes go in as an argument, so that new_state sees tracers: the copies of the parameters
+    # it makes (jnp.copy: the EMA's, L2-SP's anchor in the optimizer state) refuse a bare ShapeDtypeStruct.
+    return jax.eval_shape(lambda v: new_state(v, tx, seed=config.seed, ema=config.ema_decay > 0), shapes)

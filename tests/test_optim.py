@@ -117,3 +117,14 @@ def test_schedule_warms_up_then_decays():
     lr = optim.schedule(stage, steps=40, steps_per_epoch=10, scale=0.5)
     assert float(lr(0)) == 0.0 and float(lr(10)) == pytest.approx(0.5) and float(lr(40)) == pytest.approx(0.0)
     assert float(lr(5)) == pytest.approx(0.25)
+
+
+def test_the_abstract_state_of_a_run_with_ema_builds():
+    """What resume and every checkpoint reader restore against (state.abstract_state): the EMA copy
+    of the parameters must be traced, not taken of bare ShapeDtypeStructs."""
+    from flowers_jax.state import abstract_state
+
+    config, _ = _config(train="all")
+    config.stage_order, config.ema_decay = "all", 0.99
+    abstract = abstract_state(config, models.create(NAME, config.num_classes), 0)
+    assert jax.tree.structure(abstract.ema_params) == jax.tree.structure(abstract.params)
