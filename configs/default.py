@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
             momentum=0.9,
             weight_decay=1e-5,
             weight_decay_exclude=r"(bias|scale)$",
+            # "zero", or "pretrained": L2-SP (Li et al. 2018), the backbone decays toward the pretrained
+            # weights (the head, new, toward zero); needs config.pretrained.
+            decay_to="zero",
             grad_clip_norm=1.0,
         )
     )

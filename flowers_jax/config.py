@@ -43,6 +43,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _fail("ema_decay", f"must be in [0, 1), got {config.ema_decay}")
     if config.optimizer.name not in ("adamw", "sgd"):
         _fail("optimizer.name", f"must be 'adamw' or 'sgd', got {config.optimizer.name!r}")
+    _validate_recipe(config)
     if config.checkpoint.every_steps < 1:
         _fail("checkpoint.every_steps", "must be >= 1")
     if config.log_every_steps < 1:
@@ -88,6 +89,19 @@ def _validate_kernels(config: ml_collections.ConfigDict) -> None:
     m = config.bn_momentum
     if m is not None and not (isinstance(m, int | float) and 0.0 <= m < 1.0):
         _fail("bn_momentum", f"must be None (the architecture's momentum) or in [0, 1), got {m!r}")
+
+
+def _validate_recipe(config: ml_collections.ConfigDict) -> None:
+    """The regularisers of the recipe search (issue #15): weight decay's target, mixup/cutmix, rates."""
+    decay_to = config.optimizer.decay_to
+    if decay_to not in optim.DECAY_TO:
+        _fail("optimizer.decay_to", f"must be one of {', '.join(map(repr, optim.DECAY_TO))}, got {decay_to!r}")
+    if decay_to == "pretrained" and not config.pretrained:
+        _fail(
+            "optimizer.decay_to",
+            "'pretrained' decays toward the pretrained weights, but config.pretrained is empty (random "
+            "init); set a source or use 'zero'",
+        )
 
 
 def _validate_trust(config: ml_collections.ConfigDict) -> None:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -147,14 +148,66 @@ def _table(flat: Mapping[str, Any], labels: Mapping[str, str], scales: Mapping[s
     return "\n".join(lines)
 
 
-def _decay_mask(params: Any, exclude: str) -> Any:
-    """True where weight decay applies: not on paths matching `exclude` (BN scale/bias, biases)."""
+def _decay_mask(params: Any, exclude: str, *, where: str = "") -> Any:
+    """True where weight decay applies: not on paths matching `exclude` (BN scale/bias, biases);
+    with `where`, only on paths matching it too (re.match)."""
 
     def keep(path, _):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
-        return re.search(exclude, name) is None
+        return re.search(exclude, name) is None and (not where or re.match(where, name) is not None)
 
     return jax.tree_util.tree_map_with_path(keep, params)
+
+
+class AnchorState(NamedTuple):
+    """anchor: the parameters `decay_toward_anchor` pulls toward (a params-shaped subtree)."""
+
+    anchor: Any
+
+
+def decay_toward_anchor(weight_decay: float) -> optax.GradientTransformation:
+    """L2-SP (Li et al. 2018): adds weight_decay * (params - anchor) to the updates, where
+    anchor is a copy of the parameters `init` was called with. `add_decayed_weights` is the
+    same with anchor = 0.
+
+    The anchor lives in the optimizer state, so checkpoints carry it and a resume is exact;
+    under `optax.masked` / `multi_transform` only the parameters this transformation sees
+    hold one (none for frozen groups or for paths the decay mask excludes).
+    """
+
+    def init(params: Any) -> AnchorState:
+        # A copy: the train step donates the state, and params and anchor must not share buffers.
+        return AnchorState(anchor=jax.tree.map(jnp.copy, params))
+
+    def update(updates: Any, state: AnchorState, params: Any = None) -> tuple[Any, AnchorState]:
+        if params is None:
+            raise ValueError(optax.NO_PARAMS_MSG)
+        updates = jax.tree.map(lambda g, p, a: g + weight_decay * (p - a), updates, params, state.anchor)
+        return updates, state
+
+    return optax.GradientTransformation(init, update)
+
+
+DECAY_TO = ("zero", "pretrained")
+
+
+def decays_to_pretrained(config: ml_collections.ConfigDict) -> bool:
+    """config.optimizer.decay_to is "pretrained" (configs saved before the field decay to zero)."""
+    return config.optimizer.get("decay_to", "zero") == "pretrained"
+
+
+def _weight_decay(opt: ml_collections.ConfigDict, decay_to: str) -> optax.GradientTransformation:
+    """Decay toward zero, or (L2-SP) the backbone toward the values the optimizer is initialised
+    on -- the pretrained weights, see `decay_toward_anchor` -- and the head toward zero: the head
+    is new, its random init is no prior worth keeping (the paper's L2 on new layers)."""
+    if decay_to == "zero":
+        return optax.add_decayed_weights(opt.weight_decay, mask=lambda p: _decay_mask(p, opt.weight_decay_exclude))
+    to_anchor = lambda p: _decay_mask(p, opt.weight_decay_exclude, where="backbone/")  # noqa: E731
+    to_zero = lambda p: _decay_mask(p, opt.weight_decay_exclude, where="(?!backbone/)")  # noqa: E731
+    return optax.chain(
+        optax.add_decayed_weights(opt.weight_decay, mask=to_zero),
+        optax.masked(decay_toward_anchor(opt.weight_decay), to_anchor),
+    )
 
 
 def schedule(stage: ml_collections.ConfigDict, steps: int, steps_per_epoch: int, scale: float) -> optax.Schedule:
@@ -184,17 +237,22 @@ def make_optimizer(
     norm that clipping uses nor in any optimizer state.
     """
     opt = config.optimizer
+    decay_to = "pretrained" if decays_to_pretrained(config) else "zero"
 
     def inner(scale: float) -> optax.GradientTransformation:
         lr = schedule(stage, steps, steps_per_epoch, scale)
         mask = lambda p: _decay_mask(p, opt.weight_decay_exclude)  # noqa: E731
-        if opt.name == "adamw":
+        if opt.name == "adamw" and decay_to == "zero":
+            # optax.adamw itself, so that today's optimizer state (and checkpoints) stay as they are.
             return optax.adamw(lr, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=mask)
-        if opt.name == "sgd":
+        if opt.name == "adamw":  # adamw's own chain, its decay swapped: decoupled from Adam's scaling
             return optax.chain(
-                optax.add_decayed_weights(opt.weight_decay, mask=mask),
-                optax.sgd(lr, momentum=opt.momentum, nesterov=True),
+                optax.scale_by_adam(b1=opt.b1, b2=opt.b2),
+                _weight_decay(opt, decay_to),
+                optax.scale_by_learning_rate(lr),
             )
+        if opt.name == "sgd":
+            return optax.chain(_weight_decay(opt, decay_to), optax.sgd(lr, momentum=opt.momentum, nesterov=True))
         raise ValueError(f"config.optimizer.name: unknown optimizer {opt.name!r}; use adamw or sgd")
 
     zero_frozen = optax.multi_transform(

@@ -214,7 +214,10 @@ def _enter_stage(run: _Run, step: int, progress: RunProgress, state: TrainState 
         variables = initial_variables(config, run.model)
         state = jax.device_put(new_state(variables, tx, seed=config.seed, ema=config.ema_decay > 0), repl)
     elif advancing:
-        state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(state.params))
+        # Adam's moments take only the shapes of what tx.init is given; L2-SP's anchor takes the
+        # values, and they are the pretrained weights, not where the last stage left them: reloaded.
+        source = initial_variables(config, run.model)["params"] if optim.decays_to_pretrained(config) else state.params
+        state = state.replace(opt_state=jax.jit(tx.init, out_shardings=repl)(source))
         run.writer.write(step, "stage", {"stage": planned.name, "stage_index": planned.index})
     step_fn = make_train_step(
         run.model,

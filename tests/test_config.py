@@ -29,6 +29,7 @@ from flowers_jax import config as config_lib
         ("trust.known_recall", 1.5, "must be in [0.5, 1]"),
         ("trust.add_species.scale", 0.0, "must be > 0"),
         ("trust.add_species.margin", float("nan"), "must be a finite number"),
+        ("optimizer.decay_to", "init", "must be one of 'zero', 'pretrained'"),
     ],
 )
 def test_bad_value_names_the_key(key, value, message):
@@ -63,3 +64,12 @@ def test_bn_momentum_none_is_the_architectures_and_a_number_is_used_as_given():
     assert build_model(config).backbone.bn_momentum == 0.0
     config.kernels = "xla"
     assert build_model(config).backbone.kernels == "xla"
+
+
+def test_decay_to_pretrained_needs_pretrained_weights():
+    config = default.get_config()
+    config.optimizer.decay_to = "pretrained"
+    config_lib.validate(config)
+    config.pretrained = ""
+    with pytest.raises(config_lib.ConfigError, match=r"^config.optimizer.decay_to: .*config.pretrained is empty"):
+        config_lib.validate(config)

@@ -119,12 +119,66 @@ def test_schedule_warms_up_then_decays():
     assert float(lr(5)) == pytest.approx(0.25)
 
 
-def test_the_abstract_state_of_a_run_with_ema_builds():
+def _pull(decay_to, train="all"):
+    """(anchor, params, deltas, groups, opt_state) of one update with zero gradients from params =
+    anchor * 1.5 + 0.1, under weight decay 0.1 at lr 1e-2 (no warmup)."""
+    config, stage = _config(train=train)
+    config.optimizer.weight_decay, config.optimizer.decay_to = 0.1, decay_to
+    _, anchor, groups, tx = _setup(stage, config)
+    anchor = anchor["params"]
+    opt_state = tx.init(anchor)  # as new_state does: the optimizer starts on the loaded weights
+    params = jax.tree.map(lambda a: a * 1.5 + 0.1, anchor)
+    deltas, opt_state = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), opt_state, params)
+    return _flat(anchor), _flat(params), _flat(deltas), _flat(groups.labels), opt_state
+
+
+def test_decay_to_pretrained_pulls_the_backbone_toward_its_init_and_the_head_toward_zero():
+    anchor, params, deltas, _, _ = _pull("pretrained")
+    step = 1e-2 * 0.1  # lr x weight decay: Adam's update of a zero gradient is 0
+    for path in ("backbone/Conv1/kernel", "backbone/block_16_project/kernel"):
+        np.testing.assert_allclose(deltas[path], -step * (params[path] - anchor[path]), rtol=1e-5, err_msg=path)
+    # The head is new: its random init is no prior, it decays toward zero (L2-SP's L2 on new layers).
+    np.testing.assert_allclose(deltas["head/predictions/kernel"], -step * params["head/predictions/kernel"], rtol=1e-5)
+    for path in ("backbone/bn_Conv1/scale", "head/predictions/bias"):  # weight_decay_exclude: no decay
+        np.testing.assert_array_equal(deltas[path], 0.0, err_msg=path)
+
+
+def test_decay_to_zero_is_unchanged():
+    anchor, params, deltas, _, opt_state = _pull("zero")
+    for path in ("backbone/Conv1/kernel", "head/predictions/kernel"):
+        np.testing.assert_allclose(deltas[path], -1e-3 * params[path], rtol=1e-5, err_msg=path)
+    np.testing.assert_array_equal(deltas["backbone/bn_Conv1/scale"], 0.0)
+    # Nothing anchored: the state is optax.adamw's (Adam's two moments per value, scalar counters).
+    assert sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim > 0) == 2 * sum(x.size for x in anchor.values())
+
+
+def test_only_trainable_decayed_backbone_parameters_hold_an_anchor():
+    anchor, params, deltas, labels, opt_state = _pull("pretrained", train="head,last_blocks:2")
+    is_anchor = lambda x: isinstance(x, optim.AnchorState)  # noqa: E731
+    flat = {}  # every anchored value, by parameter path
+    for node in filter(is_anchor, jax.tree.leaves(opt_state, is_leaf=is_anchor)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(node.anchor):
+            flat["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+    want = {
+        p
+        for p, lab in labels.items()
+        if lab != optim.FROZEN and p.startswith("backbone/") and not p.endswith(("bias", "scale"))
+    }
+    assert set(flat) == want and "backbone/Conv1/kernel" not in flat
+    for p in want:
+        np.testing.assert_array_equal(flat[p], anchor[p], err_msg=p)
+    # Frozen parameters: untouched, no decay toward anything.
+    np.testing.assert_array_equal(deltas["backbone/Conv1/kernel"], 0.0)
+
+
+def test_the_abstract_state_of_a_run_with_ema_and_l2sp_builds():
     """What resume and every checkpoint reader restore against (state.abstract_state): the EMA copy
-    of the parameters must be traced, not taken of bare ShapeDtypeStructs."""
+    and L2-SP's anchor are copies that must be traced, not taken of bare ShapeDtypeStructs."""
     from flowers_jax.state import abstract_state
 
     config, _ = _config(train="all")
-    config.stage_order, config.ema_decay = "all", 0.99
+    config.stage_order, config.ema_decay, config.optimizer.decay_to = "all", 0.99, "pretrained"
     abstract = abstract_state(config, models.create(NAME, config.num_classes), 0)
+    is_anchor = lambda x: isinstance(x, optim.AnchorState)  # noqa: E731
+    assert any(map(is_anchor, jax.tree.leaves(abstract.opt_state, is_leaf=is_anchor)))
     assert jax.tree.structure(abstract.ema_params) == jax.tree.structure(abstract.params)
