@@ -72,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
         )
     )
     c.label_smoothing = 0.1
+    # Mixup / CutMix of each training batch in the step (flowers_jax/mixing.py): Beta(alpha, alpha),
+    # 0 = off; both > 0: one of the two per batch, with probability 0.5 each. E.g. 0.2 / 1.0.
+    c.mixup_alpha = 0.0
+    c.cutmix_alpha = 0.0
     c.class_weights = "none"  # or "balanced"
     c.ema_decay = 0.0  # e.g. 0.999: evaluate an exponential moving average of the parameters
 

@@ -102,6 +102,10 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
             "'pretrained' decays toward the pretrained weights, but config.pretrained is empty (random "
             "init); set a source or use 'zero'",
         )
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        alpha = config[key]
+        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+            _fail(key, f"must be a number >= 0 (the Beta(alpha, alpha) of each batch's mix; 0 = off), got {alpha!r}")
 
 
 def _validate_trust(config: ml_collections.ConfigDict) -> None:

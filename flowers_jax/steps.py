@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flowers_jax import metrics
+from flowers_jax import metrics, mixing
 from flowers_jax.models import Classifier
 from flowers_jax.state import TrainState
 
@@ -23,6 +23,8 @@ def make_train_step(
     label_smoothing: float,
     class_weights: jax.Array,
     ema_decay: float,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
     axis_name: str | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """One optimisation step on a global batch {"image": [B, S, S, 3], "label": [B]}.
@@ -36,11 +38,13 @@ def make_train_step(
       label_smoothing: mass spread uniformly over the classes.
       class_weights: [C] per-class loss weights (ones: unweighted).
       ema_decay: 0 for no EMA of parameters.
+      mixup_alpha, cutmix_alpha: Beta(alpha, alpha) of mixup / CutMix (mixing.py); 0 = off, both 0: unmixed.
       axis_name: only for running this step under `jax.pmap` (a benchmark peer):
         the mapped axis to average gradients and metrics over. Under jit over a
         mesh it stays None.
     """
     num_classes = model.num_classes
+    mix = mixing.enabled(mixup_alpha, cutmix_alpha)
 
     def loss_fn(params, state: TrainState, batch: Batch, rng: jax.Array):
         variables = {"params": params, "batch_stats": state.batch_stats, "preprocess": state.preprocess}
@@ -52,12 +56,19 @@ def make_train_step(
             mutable=["batch_stats"],
             rngs={"dropout": rng},
         )
-        targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
-        per_example = optax.softmax_cross_entropy(logits, targets) * class_weights[batch["label"]]
+        if mix:  # label smoothing is linear: smoothing the mixed targets = mixing smoothed ones
+            targets, weights = mixing.mixed_targets(batch["label"], batch["lam"], class_weights)
+        else:
+            targets, weights = jax.nn.one_hot(batch["label"], num_classes), class_weights[batch["label"]]
+        targets = optax.smooth_labels(targets, label_smoothing)
+        per_example = optax.softmax_cross_entropy(logits, targets) * weights
         return per_example.mean(), (logits, updates)
 
     def step(state: TrainState, batch: Batch):
         rng = jax.random.fold_in(state.rng, state.step)
+        labels = batch["label"]  # what train accuracy counts against: mixed, each example's dominant label
+        if mix:  # a key of its own, so that dropout's stays the unmixed step's
+            batch, labels = mixing.mix(jax.random.fold_in(rng, 1), batch, mixup_alpha, cutmix_alpha)
         (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, rng)
         deltas, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, deltas)
@@ -71,7 +82,7 @@ def make_train_step(
             opt_state=opt_state,
             ema_params=ema,
         )
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         if axis_name is not None:
             accuracy = jax.lax.pmean(accuracy, axis_name)
         # The parameter norm is what makes a save safe: a finite loss was computed *before* this

@@ -226,6 +226,8 @@ def _enter_stage(run: _Run, step: int, progress: RunProgress, state: TrainState 
         label_smoothing=config.label_smoothing,
         class_weights=run.weights,
         ema_decay=config.ema_decay,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
     )
     sharded = distributed.batch_sharded(run.mesh)
     return jax.jit(step_fn, in_shardings=(repl, sharded), out_shardings=(repl, repl), donate_argnums=0), state

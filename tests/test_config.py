@@ -30,6 +30,8 @@ from flowers_jax import config as config_lib
         ("trust.add_species.scale", 0.0, "must be > 0"),
         ("trust.add_species.margin", float("nan"), "must be a finite number"),
         ("optimizer.decay_to", "init", "must be one of 'zero', 'pretrained'"),
+        ("mixup_alpha", -0.2, "must be a number >= 0"),
+        ("cutmix_alpha", float("inf"), "must be a number >= 0"),
     ],
 )
 def test_bad_value_names_the_key(key, value, message):
