@@ -44,6 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
     # BatchNorm running-average momentum: None is the architecture's (Keras's: 0.99, MobileNetV2 0.999);
     # short runs want ~0.9.
     c.bn_momentum = ml_collections.config_dict.placeholder(float)
+    # Head dropout and stochastic depth ("drop-connect": the rate rises linearly over the blocks toward
+    # it); None is the architecture's (dropout 0.2-0.5 by size; drop-connect 0.2 for EfficientNet/Lite,
+    # 0 for MobileNetV2).
+    c.dropout_rate = ml_collections.config_dict.placeholder(float)
+    c.drop_connect_rate = ml_collections.config_dict.placeholder(float)
     c.seed = 0
 
     c.data = data_config()

@@ -106,6 +106,10 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
         alpha = config[key]
         if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
             _fail(key, f"must be a number >= 0 (the Beta(alpha, alpha) of each batch's mix; 0 = off), got {alpha!r}")
+    for key in ("dropout_rate", "drop_connect_rate"):
+        rate = config[key]
+        if rate is not None and not (isinstance(rate, int | float) and 0.0 <= rate < 1.0):
+            _fail(key, f"must be None (the architecture's rate) or in [0, 1), got {rate!r}")
 
 
 def _validate_trust(config: ml_collections.ConfigDict) -> None:

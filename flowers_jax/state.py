@@ -96,7 +96,7 @@ class RunProgress:
 
 
 def build_model(config: ml_collections.ConfigDict) -> models.Classifier:
-    # .get: configs saved in checkpoints before `kernels` existed lack it.
+    # .get: configs saved in checkpoints before `kernels` or the rates existed lack them.
     return models.create(
         config.model,
         config.num_classes,
@@ -104,6 +104,8 @@ def build_model(config: ml_collections.ConfigDict) -> models.Classifier:
         kernels=config.get("kernels", "auto"),
         depthwise_impl=config.depthwise_impl,
         bn_momentum=config.get("bn_momentum"),
+        dropout_rate=config.get("dropout_rate"),
+        drop_connect_rate=config.get("drop_connect_rate"),
     )
 
 

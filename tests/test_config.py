@@ -32,6 +32,8 @@ from flowers_jax import config as config_lib
         ("optimizer.decay_to", "init", "must be one of 'zero', 'pretrained'"),
         ("mixup_alpha", -0.2, "must be a number >= 0"),
         ("cutmix_alpha", float("inf"), "must be a number >= 0"),
+        ("dropout_rate", 1.0, "must be None (the architecture's rate) or in [0, 1)"),
+        ("drop_connect_rate", -0.1, "must be None (the architecture's rate) or in [0, 1)"),
     ],
 )
 def test_bad_value_names_the_key(key, value, message):
@@ -75,3 +77,22 @@ def test_decay_to_pretrained_needs_pretrained_weights():
     config.pretrained = ""
     with pytest.raises(config_lib.ConfigError, match=r"^config.optimizer.decay_to: .*config.pretrained is empty"):
         config_lib.validate(config)
+
+
+def test_dropout_and_drop_connect_none_are_the_architectures():
+    from flowers_jax import models
+    from flowers_jax.state import build_model
+
+    config = default.get_config()  # EfficientNet-Lite0: head dropout 0.2, drop-connect 0.2 over the blocks
+    model, arch = build_model(config), models.get_arch(config.model)
+    assert model.dropout_rate == arch.dropout_rate == 0.2 and model.backbone.arch == arch
+    assert models.with_drop_connect(arch, 0.2) == arch  # the table's own rule
+    config.dropout_rate, config.drop_connect_rate = 0.4, 0.3
+    config_lib.validate(config)
+    model = build_model(config)
+    rates = [b.drop_rate for b in model.backbone.arch.blocks]
+    assert model.dropout_rate == 0.4 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.3 * 15 / 16)
+    config.model = "mobilenet_v2_035"  # no stochastic depth of its own; a rate turns it on
+    assert {b.drop_rate for b in build_model(config).backbone.arch.blocks} != {0.0}
+    config.drop_connect_rate = None
+    assert {b.drop_rate for b in build_model(config).backbone.arch.blocks} == {0.0}

@@ -7,6 +7,7 @@ logits = model.apply(variables, images, train=False)      # [N, 104]
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -16,10 +17,22 @@ from flowers_jax.models import efficientnet, kernels, mobilenet_v2
 from flowers_jax.models.classifier import Classifier, Head
 from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
 
-__all__ = ["Arch", "BlockSpec", "Classifier", "Head", "MBConvNet", "create", "get_arch", "names", "variable_shapes"]
+__all__ = [
+    "Arch",
+    "BlockSpec",
+    "Classifier",
+    "Head",
+    "MBConvNet",
+    "create",
+    "get_arch",
+    "names",
+    "variable_shapes",
+    "with_drop_connect",
+]
 
 # Overrides `create` accepts, and where they go.
 _BACKBONE_OVERRIDES = ("dtype", "kernels", "depthwise_impl", "bn_momentum", "bn_axis_name")
+_ARCH_OVERRIDES = ("drop_connect_rate",)
 _CLASSIFIER_OVERRIDES = ("dropout_rate", "dtype")
 
 
@@ -51,18 +64,25 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
         kernels ("auto" | "cpu" | "xla", see `models/kernels.py`; "auto" is decided here, from
         the default backend at creation), depthwise_impl ("auto" | "conv" | "shift": the
         depthwise convolution alone), bn_momentum (None: the architecture's; a number is used
-        as it is, 0.0 included), bn_axis_name (pmap only).
+        as it is, 0.0 included), bn_axis_name (pmap only), drop_connect_rate (stochastic depth,
+        rising over the blocks toward it; see `with_drop_connect`). A None dropout_rate or
+        drop_connect_rate is the architecture's (head dropout 0.2-0.5 by size; drop-connect 0.2 for
+        EfficientNet and Lite, 0 for MobileNetV2).
     Returns:
       A `Classifier`; `apply(variables, images [N, H, W, 3] in [0, 255], train=False)`
       gives logits [N, num_classes].
     """
-    unknown = set(overrides) - set(_BACKBONE_OVERRIDES) - set(_CLASSIFIER_OVERRIDES)
+    unknown = set(overrides) - set(_BACKBONE_OVERRIDES) - set(_CLASSIFIER_OVERRIDES) - set(_ARCH_OVERRIDES)
     if unknown:
-        valid = sorted(set(_BACKBONE_OVERRIDES) | set(_CLASSIFIER_OVERRIDES))
+        valid = sorted(set(_BACKBONE_OVERRIDES) | set(_CLASSIFIER_OVERRIDES) | set(_ARCH_OVERRIDES))
         raise TypeError(f"create({name!r}): unknown override(s) {sorted(unknown)}; valid: {valid}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    # None rates are the architecture's (configs leave them unset).
+    overrides = {k: v for k, v in overrides.items() if v is not None or k not in ("dropout_rate", "drop_connect_rate")}
     arch = get_arch(name)
+    if "drop_connect_rate" in overrides:
+        arch = with_drop_connect(arch, overrides["drop_connect_rate"])
     backbone_kwargs = {k: v for k, v in overrides.items() if k in _BACKBONE_OVERRIDES}
     chosen = backbone_kwargs["kernels"] = kernels.resolve(backbone_kwargs.get("kernels", "auto"))
     backbone_kwargs["depthwise_impl"] = kernels.resolve_depthwise(backbone_kwargs.get("depthwise_impl", "auto"), chosen)
@@ -75,6 +95,15 @@ def create(name: str, num_classes: int, **overrides: Any) -> Classifier:
         input_mean=arch.input_mean,
         input_std=arch.input_std,
         **kwargs,
+    )
+
+
+def with_drop_connect(arch: Arch, rate: float) -> Arch:
+    """`arch` with stochastic-depth rates rising linearly over the blocks, rate * i / len(blocks)
+    for block i (Keras's and TF's EfficientNet rule; only residual blocks use theirs)."""
+    n = len(arch.blocks)
+    return dataclasses.replace(
+        arch, blocks=tuple(dataclasses.replace(b, drop_rate=rate * i / n) for i, b in enumerate(arch.blocks))
     )
 
 
