@@ -13,6 +13,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from training_runs import ROOT, TINY, env, main_command, read_meta, run
@@ -346,3 +347,75 @@ def test_run_progress_reads_old_meta_and_keeps_the_first_of_tied_bests():
     assert not progress.record_stage_epoch({"macro_f1": 0.5}, min_delta=0.1, patience=2)
     assert not progress.record_stage_epoch({"macro_f1": 0.55}, min_delta=0.1, patience=2)
     assert progress.record_stage_epoch({"macro_f1": 0.6}, min_delta=0.1, patience=2)
+
+
+# The recipe fields of issue #15 all on, on a tiny smoke run (EfficientNet-Lite0 from its packaged
+# ImageNet weights at 32 px, 8 classes x 4 photos = 2 steps per epoch) of two one-epoch stages:
+# "top" moves the last blocks, so "all" shows whether L2-SP still pulls them toward the pretrained
+# weights or toward where "top" left them.
+RECIPE = [
+    "--config.optimizer.decay_to=pretrained",
+    "--config.optimizer.weight_decay=0.01",
+    "--config.mixup_alpha=0.2",
+    "--config.cutmix_alpha=1.0",
+    "--config.dropout_rate=0.3",
+    "--config.drop_connect_rate=0.3",
+    "--config.data.image_size=32",
+    "--config.synthetic_data.train_per_class=4",
+    "--config.synthetic_data.val_per_class=2",
+    "--config.synthetic_data.test_examples=4",
+    "--config.stage_order=top,all",
+    "--config.stages.top.epochs=1",
+    "--config.stages.all.epochs=1",
+    "--config.checkpoint.max_to_keep=10",
+]
+
+
+def _restore(workdir, which: str = "latest"):
+    from flowers_jax import distributed
+    from flowers_jax.state import abstract_state, build_model
+
+    manager, step = checkpoint.find(str(workdir), which)
+    meta = checkpoint.restore_meta(manager, step)
+    config = ml_collections.ConfigDict(json.loads(meta["config"]))
+    abstract = abstract_state(config, build_model(config), meta["stage_index"])
+    abstract = checkpoint.abstract_with_sharding(abstract, distributed.replicated(distributed.make_mesh()))
+    return config, checkpoint.restore_state(manager, step, abstract)
+
+
+@pytest.mark.slow
+def test_recipe_fields_resume_exactly_and_l2sp_anchors_the_pretrained_weights(tmp_path):
+    from flax import traverse_util
+
+    from flowers_jax import optim, pretrained
+
+    straight = tmp_path / "straight"
+    run(straight, *RECIPE, timeout=600)
+    # Resume at the end of stage 1 (step 2): the resumed run enters stage 2 as the straight one did.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed, ignore=shutil.ignore_patterns("eval", "predict"))
+    (resumed / "DONE").unlink()
+    for series in ("latest", "best"):
+        for p in (resumed / "checkpoints" / series).iterdir():
+            if p.name.isdigit() and int(p.name) > 2:
+                shutil.rmtree(p)
+    assert "resuming" in run(resumed, *RECIPE, timeout=600).stderr
+    (step_a, params_a), (step_b, params_b) = _final_params(straight), _final_params(resumed)
+    assert step_a == step_b == 4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_a, params_b)
+
+    config, state = _restore(straight)
+    is_anchor = lambda x: isinstance(x, optim.AnchorState)  # noqa: E731
+    anchors = {}
+    for node in filter(is_anchor, jax.tree.leaves(state.opt_state, is_leaf=is_anchor)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(node.anchor):
+            anchors["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
+    loaded = pretrained.load(config.pretrained, config.model, config.num_classes)["params"]
+    loaded = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(loaded).items()}
+    _, stage1 = _restore(straight, "2")
+    moved = {"/".join(k): np.asarray(v) for k, v in traverse_util.flatten_dict(stage1.params).items()}
+    last = "backbone/block7a_project_conv/kernel"  # trained in stage 1, so moved by step 2
+    assert last in anchors and not np.array_equal(moved[last], loaded[last])
+    assert not any(p.startswith("head/") for p in anchors)  # the new head decays toward zero
+    for p, anchor in anchors.items():
+        np.testing.assert_array_equal(anchor, loaded[p], err_msg=p)
