@@ -110,9 +110,10 @@ class SplitOutputs:
         return calibration.softmax(self.logits, temperature).mean(0)
 
 
-def predict_split(config: ml_collections.ConfigDict, variables: dict, split: str) -> SplitOutputs:
-    """Logits of every view, labels, ids and embeddings of one pass over `split`."""
-    mesh = distributed.make_mesh()
+def sharded_forward(config: ml_collections.ConfigDict, variables: dict, mesh: jax.sharding.Mesh):
+    """(forward, variables replicated on `mesh`): the jitted eval forward of `config`'s model, a batch
+    of images [B, S, S, 3] sharded over `mesh` -> (logits [B, V, C] of the V views of config.eval.tta,
+    the plain view's embeddings [B, D]), both sharded like the batch."""
     repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
     model = build_model(config)
     tta = config.eval.tta
@@ -123,7 +124,13 @@ def predict_split(config: ml_collections.ConfigDict, variables: dict, split: str
         return jnp.stack([logits] + [model.apply(variables, v) for v in views[1:]], axis=1), embedding
 
     forward = jax.jit(forward, in_shardings=(repl, sharded), out_shardings=sharded)
-    variables = jax.device_put(variables, repl)
+    return forward, jax.device_put(variables, repl)
+
+
+def predict_split(config: ml_collections.ConfigDict, variables: dict, split: str) -> SplitOutputs:
+    """Logits of every view, labels, ids and embeddings of one pass over `split`."""
+    mesh = distributed.make_mesh()
+    forward, variables = sharded_forward(config, variables, mesh)
     logits, embeddings, labels, masks, ids = [], [], [], [], []
     for batch in data.eval_iterator(config, split, mesh=mesh):
         z, e = forward(variables, batch["image"])

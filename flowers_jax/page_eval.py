@@ -86,18 +86,17 @@ def _has_icc_profile(path: str) -> bool:
 
 
 def flax_scorer(config: ml_collections.ConfigDict, variables: dict):
-    """fn(images [B, S, S, 3]) -> (logits [B, C], embeddings [B, D]) of the Flax model, batches
-    sharded over this process's devices as eval shards them."""
-    from flowers_jax.state import build_model
-
+    """fn(images [B, S, S, 3]) -> (logits [B, C], embeddings [B, D]) of the Flax model (eval's forward,
+    `config.eval.tta` off as the page has none), batches sharded over this process's devices."""
     mesh = distributed.make_mesh()
-    repl, sharded = distributed.replicated(mesh), distributed.batch_sharded(mesh)
-    model = build_model(config)
-    forward = jax.jit(
-        lambda v, x: model.apply(v, x, with_embedding=True), in_shardings=(repl, sharded), out_shardings=sharded
-    )
-    variables = jax.device_put(variables, repl)
-    return lambda x: tuple(np.asarray(a) for a in forward(variables, jax.device_put(x, sharded)))
+    forward, variables = evaluation.sharded_forward(config, variables, mesh)
+    sharded = distributed.batch_sharded(mesh)
+
+    def score(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = forward(variables, jax.device_put(x, sharded))
+        return np.asarray(logits)[:, 0], np.asarray(embeddings)
+
+    return score
 
 
 def onnx_scorer(export_dir: str, *, step: int, image_size: int):
