@@ -71,16 +71,6 @@ def convert(photos: str, tfrecords: str, size: int) -> None:
     subprocess.run(cmd + ["--sizes", str(size)], check=True)
 
 
-def at_size(config, size: int):
-    """A copy of `config` that shows the model `size` x `size` images resized from the run's records."""
-    from flowers_jax.data import layout
-
-    c = config.copy_and_resolve_references()
-    c.data.tfrecord_size = layout.tfrecord_size(config)
-    c.data.image_size = size
-    return c
-
-
 def run_ours(
     config,
     tfrecords: str,
@@ -107,7 +97,7 @@ def run_ours(
     # The test photos' original JPEGs fed as the web page feeds them, at that size: what a person gets.
     page_test = page_eval.run_page_eval(config, workdir, photos, "best", "test")
     # Last, so that <workdir>/eval/best/test holds the reports (confusion matrix) of the figure reported.
-    test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
+    test = evaluation.run_eval(chosen_size.at_size(config, size), workdir, "best", "test")
     epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
     return {
         "config": json.loads(config.to_json()),
@@ -221,6 +211,7 @@ def main() -> None:
         os.makedirs(args.figures, exist_ok=True)
         flax_dir = os.path.join(workdir, "flax")
         from flowers_jax import evaluation
+        from flowers_jax.chosen_size import at_size
 
         trained_size = ours["config"]["data"]["image_size"]
         test_dir = evaluation.split_dir_name("test", at_size(config, ours["test_size"]), trained_size)

@@ -122,8 +122,8 @@ def openset_scores(config, workdir: str, split_known: str, split_unknown: str, t
 
 def open_config(open_data_dir: str, size: int):
     """(config, records folder) of the leave-out run (configs/oxford102_open.py) at `size`, uncalibrated."""
-    from benchmarks.oxford102 import at_size
     from configs import oxford102_open
+    from flowers_jax.chosen_size import at_size
     from flowers_jax.data import tfrecords
 
     config = oxford102_open.get_config()
@@ -169,8 +169,8 @@ def non_flowers(config, workdir: str, size: int) -> dict:
 def diagnose(config, workdir: str, sizes: list[int]) -> dict:
     """Why is the model under-confident? Mean top probability against accuracy on the training photos
     (un-augmented, at the training size) and on val at each size, with the T that val would fit."""
-    from benchmarks.oxford102 import at_size
     from flowers_jax import calibration, evaluation
+    from flowers_jax.chosen_size import at_size
 
     out = {}
     for split, size in [("train", config.data.image_size)] + [("val", s) for s in sizes]:
@@ -261,9 +261,9 @@ def main() -> None:
     parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "results"), help="'' to skip copying")
     args = parser.parse_args()
 
-    from benchmarks.oxford102 import at_size
     from configs import oxford102
     from flowers_jax import evaluation, trust
+    from flowers_jax.chosen_size import at_size
 
     config = oxford102.get_config()
     config.data.data_dir = args.data_dir

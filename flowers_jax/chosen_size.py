@@ -97,6 +97,17 @@ def resolve(
     return int(trained_size), "the training size (no test_size.json or calibration.json)"
 
 
+def at_size(config: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+    """A copy of `config` that shows the model `size` x `size` images resized from the run's records
+    (the records stay those the run was trained on)."""
+    from flowers_jax.data import layout
+
+    c = config.copy_and_resolve_references()
+    c.data.tfrecord_size = layout.tfrecord_size(config)
+    c.data.image_size = size
+    return c
+
+
 def choose(
     config: ml_collections.ConfigDict, workdir: str, sizes: list[int], which: str = "best", split: str = "val"
 ) -> tuple[int, dict[int, float]]:
@@ -104,13 +115,10 @@ def choose(
     accuracy does not depend on the temperature), records the best (ties: the smaller) in
     W/test_size.json; returns (that size, {size: accuracy})."""
     from flowers_jax import evaluation
-    from flowers_jax.data import layout
 
     by_size, step = {}, None
     for size in sizes:
-        c = config.copy_and_resolve_references()
-        c.data.tfrecord_size = layout.tfrecord_size(config)
-        c.data.image_size = size
+        c = at_size(config, size)
         c.eval.calibration = "off"
         c.eval.tta = ""
         summary = evaluation.run_eval(c, workdir, which, split)
