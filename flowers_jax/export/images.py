@@ -100,17 +100,7 @@ def _scale_pixels(src: np.ndarray, target: tuple[int, int]) -> np.ndarray:
         src = _mip_down(src)
     if src.shape[:2] == tuple(target):
         return src
-
-    def taps(n: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        u = (np.arange(size) + 0.5) * n / size - 0.5
-        i0 = np.floor(u)
-        return np.clip(i0, 0, n - 1).astype(int), np.clip(i0 + 1, 0, n - 1).astype(int), u - i0
-
-    (y0, y1, fy), (x0, x1, fx) = taps(src.shape[0], target[0]), taps(src.shape[1], target[1])
-    x = src.astype(np.float64)
-    rows = x[y0] * (1 - fy)[:, None, None] + x[y1] * fy[:, None, None]
-    out = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-    return np.floor(out + 0.5).astype(np.uint8)
+    return _bilinear_rounded(src, (0.0, 0.0), src.shape[:2], target).astype(np.uint8)
 
 
 def _mip_down(level: np.ndarray) -> np.ndarray:
@@ -162,17 +152,27 @@ def _draw(src: np.ndarray, origin: tuple[float, float], extent: tuple[float, flo
 def _draw_float(src: np.ndarray, origin: tuple[float, float], extent: tuple[float, float], size: int) -> np.ndarray:
     """As `_draw`, with float weights and the result rounded (Skia's raster pipeline, which draws
     the pictures an EXIF orientation turns a quarter)."""
+    return _bilinear_rounded(src, origin, extent, (size, size)).astype(np.float32)
 
-    def taps(n: int, start: float, length: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+
+def _bilinear_rounded(
+    src: np.ndarray, origin: tuple[float, float], extent: tuple[float, float], target: tuple[int, int]
+) -> np.ndarray:
+    """[th, tw, 3] float64 whole numbers: the rectangle at `origin` (y, x) of `extent` (h, w) in [h, w, 3]
+    `src`, sampled bilinearly in floating point at the centres of a `target` (th, tw) grid, taps
+    clamped to the edges, rounded half up (the float sampler of both `_scale_pixels` and `_draw_float`)."""
+
+    def taps(n: int, start: float, length: float, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         u = start + (np.arange(size) + 0.5) * length / size - 0.5
         i0 = np.floor(u)
         return np.clip(i0, 0, n - 1).astype(int), np.clip(i0 + 1, 0, n - 1).astype(int), u - i0
 
-    (y0, y1, fy), (x0, x1, fx) = taps(src.shape[0], origin[0], extent[0]), taps(src.shape[1], origin[1], extent[1])
+    (y0, y1, fy) = taps(src.shape[0], origin[0], extent[0], target[0])
+    (x0, x1, fx) = taps(src.shape[1], origin[1], extent[1], target[1])
     a = src.astype(np.float64)
     rows = a[y0] * (1 - fy)[:, None, None] + a[y1] * fy[:, None, None]
     out = rows[:, x0] * (1 - fx)[None, :, None] + rows[:, x1] * fx[None, :, None]
-    return np.floor(out + 0.5).astype(np.float32)
+    return np.floor(out + 0.5)
 
 
 def page_input(path: str | pathlib.Path, size: int) -> np.ndarray:
