@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from flowers_jax.models import efficientnet, kernels, mobilenet_v2
+from flowers_jax.models import efficientnet, kernels, mbconv, mobilenet_v2
 from flowers_jax.models.classifier import Classifier, Head
 from flowers_jax.models.mbconv import Arch, BlockSpec, MBConvNet
 
@@ -102,9 +102,8 @@ def with_drop_connect(arch: Arch, rate: float) -> Arch:
     """`arch` with stochastic-depth rates rising linearly over the blocks, rate * i / len(blocks)
     for block i (Keras's and TF's EfficientNet rule; only residual blocks use theirs)."""
     n = len(arch.blocks)
-    return dataclasses.replace(
-        arch, blocks=tuple(dataclasses.replace(b, drop_rate=rate * i / n) for i, b in enumerate(arch.blocks))
-    )
+    blocks = tuple(dataclasses.replace(b, drop_rate=mbconv.drop_rate(rate, i, n)) for i, b in enumerate(arch.blocks))
+    return dataclasses.replace(arch, blocks=blocks)
 
 
 def variable_shapes(model: Classifier) -> dict:

@@ -60,6 +60,12 @@ def make_divisible(v: float, divisor: int = 8) -> int:
     return new
 
 
+def drop_rate(drop_connect_rate: float, block: int, total: int) -> float:
+    """Block `block`'s stochastic-depth rate of `total`: rising linearly from 0 toward
+    `drop_connect_rate` (Keras's and TF's EfficientNet rule)."""
+    return drop_connect_rate * block / total
+
+
 def stack(
     stem_ch: int,
     stages: Sequence[tuple[int, int, int, int, int]],
@@ -89,7 +95,7 @@ def stack(
                 kernel=kernel,
                 stride=stride if j == 0 else 1,
                 se_ch=max(1, int(in_ch * se_ratio)) if se_ratio else 0,
-                drop_rate=drop_connect_rate * b / total,
+                drop_rate=drop_rate(drop_connect_rate, b, total),
             )
             blocks.append(spec)
             in_ch = out_ch
