@@ -93,7 +93,8 @@ def run_ours(
     test_at_train_size = evaluation.run_eval(config, workdir, "best", "test")
     train_size = config.data.image_size
     # Val chooses the test-time size and W/test_size.json records it (the exporter and the page-fed eval read it).
-    size, val_by_size = chosen_size.choose(config, workdir, test_sizes or [train_size + d for d in (0, 32, 64)])
+    sizes = test_sizes or [train_size + d for d in (0, 32, 64)]
+    size, val_by_size = evaluation.choose_test_size(config, workdir, "best", sizes=sizes)
     # The test photos' original JPEGs fed as the web page feeds them, at that size: what a person gets.
     page_test = page_eval.run_page_eval(config, workdir, photos, "best", "test")
     # Last, so that <workdir>/eval/best/test holds the reports (confusion matrix) of the figure reported.

@@ -5,8 +5,8 @@
 
 W is a run of configs/oxford102.py (104 classes), W2 one of configs/oxford102_open.py (20 classes left
 out entirely). Every choice is made on val; test is read once, after:
-  1. val chooses the test-time size among S, S+32, S+64 (as benchmarks/oxford102.py does) unless
-     W already has a calibration.json;
+  1. the test-time size val chose (W/test_size.json, from --mode choose_size or benchmarks/oxford102.py),
+     else W/calibration.json's, else val chooses it here among S, S+32, S+64 by the same rule;
   2. with W2: its val photos of known classes against its val photos of the held-out classes
      (`val_unknown`) choose the open-set score (highest AUROC); then its test photos of both groups
      give AUROC and FPR at 95% TPR for every score (the max-softmax baseline beside the chosen one);
@@ -262,7 +262,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from configs import oxford102
-    from flowers_jax import evaluation, trust
+    from flowers_jax import chosen_size, evaluation, trust
     from flowers_jax.chosen_size import at_size
 
     config = oxford102.get_config()
@@ -275,11 +275,12 @@ def main() -> None:
             f"  {key:<10} accuracy {d['accuracy']:.4f}  mean confidence {d['mean_confidence']:.4f}  "
             f"ECE {d['ece']:.4f}  T {d['fitted_temperature']:.4f}"
         )
-    # The test-time size: the one val prefers (ties: the smaller), as benchmarks/oxford102.py chooses,
-    # unless the workdir is calibrated already.
+    # The test-time size: the one val chose and W/test_size.json records (--mode choose_size, as
+    # benchmarks/oxford102.py), else the calibration's, else the one val prefers here by the same rule.
     val = {s: results["diagnosis"][f"val@{s}"]["accuracy"] for s in sizes}
-    existing = trust.load(args.workdir)
-    size = existing.image_size if existing else max(sizes, key=lambda s: (val[s], -s))
+    existing, recorded = trust.load(args.workdir), chosen_size.load(args.workdir)
+    size = (recorded or {}).get("image_size") or (existing.image_size if existing else None)
+    size = size or max(sizes, key=lambda s: (val[s], -s))
     results |= {"image_size": size, "val_accuracy_by_size": val}
     print(f"test-time size {size} (val accuracy by size: {val})")
     if args.open_workdir:

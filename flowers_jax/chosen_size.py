@@ -2,11 +2,14 @@
 
 A model trained on random-resized crops sees flowers larger than a whole photo at the training
 size shows them, so a larger test-time size often scores better (FixRes, Touvron et al. 2019).
-Which size is chosen on val, once, and written here by whoever chooses it (`choose`, or `record`
-for a choice made elsewhere); every later step reads it instead of having the size typed again:
+Which size is chosen on val, once, and written here by whoever chooses it (`--mode choose_size`,
+i.e. evaluation.choose_test_size, or `record` for a choice made elsewhere); every later step reads it
+instead of having the size typed again:
 
 - the exporter (`flowers_jax/export/cli.py`): the exported input size when --image-size is not given;
-- the page-fed eval (`flowers_jax/page_eval.py`): the size it feeds the photos at.
+- the page-fed eval (`flowers_jax/page_eval.py`): the size it feeds the photos at;
+- `--mode eval`, `predict` and `calibrate` when --config.data.image_size is not given
+  (evaluation.at_test_size).
 
 `resolve` says which size applies and why: an explicit size; else this file (refused when it
 belongs to another checkpoint step); else W/calibration.json's size (calibrate fits at the size
@@ -86,7 +89,7 @@ def resolve(
             raise ChosenSizeError(
                 f"{os.path.join(workdir, TEST_SIZE_FILE)} records {chosen['image_size']}px chosen on "
                 f"{chosen['chosen_on']} for step {chosen['checkpoint']['step']}, not step {step}: choose the size "
-                "for this checkpoint again (flowers_jax.chosen_size.choose), or give the size explicitly"
+                "for this checkpoint again (--mode choose_size), or give the size explicitly"
             )
         return int(chosen["image_size"]), f"{TEST_SIZE_FILE} (chosen on {chosen['chosen_on']})"
     from flowers_jax import trust
@@ -106,23 +109,3 @@ def at_size(config: ml_collections.ConfigDict, size: int) -> ml_collections.Conf
     c.data.tfrecord_size = layout.tfrecord_size(config)
     c.data.image_size = size
     return c
-
-
-def choose(
-    config: ml_collections.ConfigDict, workdir: str, sizes: list[int], which: str = "best", split: str = "val"
-) -> tuple[int, dict[int, float]]:
-    """Val accuracy of checkpoint `which` at each of `sizes` (the run's records, resized; uncalibrated:
-    accuracy does not depend on the temperature), records the best (ties: the smaller) in
-    W/test_size.json; returns (that size, {size: accuracy})."""
-    from flowers_jax import evaluation
-
-    by_size, step = {}, None
-    for size in sizes:
-        c = at_size(config, size)
-        c.eval.calibration = "off"
-        c.eval.tta = ""
-        summary = evaluation.run_eval(c, workdir, which, split)
-        by_size[size], step = summary["accuracy"], summary["checkpoint_step"]
-    best = max(sizes, key=lambda s: (by_size[s], -s))
-    record(workdir, image_size=best, step=step, which=which, split=split, candidates=by_size)
-    return best, by_size

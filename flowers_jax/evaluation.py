@@ -9,6 +9,11 @@ calibrate -> <workdir>/calibration.json (+ calibration_embeddings.npz, calibrati
 
 eval and predict use calibration.json when it belongs to the checkpoint and image size evaluated
 (config.eval.calibration="off" ignores it), and refuse one that belongs to another.
+
+The image size: config.data.image_size, or with `test_size=True` (the command line, when
+--config.data.image_size is not given) the size chosen_size.resolve gives the checkpoint: the one val
+chose (W/test_size.json, written by `choose_test_size`), else calibration.json's, else the training
+size. The folder and metrics.json name the size; the run prints where it came from.
 """
 
 from __future__ import annotations
@@ -29,7 +34,18 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import multihost_utils
 
-from flowers_jax import abstain, calibration, checkpoint, data, distributed, guard, inference, reports, trust
+from flowers_jax import (
+    abstain,
+    calibration,
+    checkpoint,
+    chosen_size,
+    data,
+    distributed,
+    guard,
+    inference,
+    reports,
+    trust,
+)
 from flowers_jax.state import build_model
 
 
@@ -162,6 +178,29 @@ def _load(config: ml_collections.ConfigDict, workdir: str, which: str):
     return variables, info | {"trained_image_size": trained_config.data.image_size}
 
 
+def at_test_size(
+    config: ml_collections.ConfigDict, workdir: str, info: dict, *, test_size: bool = True
+) -> tuple[ml_collections.ConfigDict, str]:
+    """(`config` at the image size to evaluate checkpoint `info` at, where that size came from): with
+    `test_size`, chosen_size.resolve's (module docstring), else config.data.image_size; the run's
+    records stay the ones it trained on. Prints the size and its source."""
+    try:
+        size, why = chosen_size.resolve(
+            workdir,
+            step=info["step"],
+            trained_size=info["trained_image_size"],
+            explicit=None if test_size else config.data.image_size,
+        )
+    except chosen_size.ChosenSizeError as e:
+        raise EvalError(f"{e} (--config.data.image_size=S)") from None
+    config = config.copy_and_resolve_references()
+    config.data.tfrecord_size = config.data.tfrecord_size or info["trained_image_size"]
+    config.data.image_size = size
+    if jax.process_index() == 0:
+        print(f"image size {size}px ({why})", flush=True)
+    return config, why
+
+
 def _guard(config, probs, info: data.DatasetInfo | None, out_dir, class_names=None) -> guard.GuardReport:
     """The prediction-collapse check (against the training prior when `info` has one); guard.json."""
     train_split = info.splits.get("train") if info is not None else None
@@ -198,18 +237,19 @@ def _calibration(config: ml_collections.ConfigDict, workdir: str, info: dict) ->
 
 
 def run_eval(
-    config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val"
+    config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val", *, test_size: bool = False
 ) -> dict[str, Any]:
-    """Evaluates checkpoint `which` on labelled `split`; writes the reports; returns the metrics."""
+    """Evaluates checkpoint `which` on labelled `split` (`test_size`: module docstring); writes the
+    reports; returns the metrics."""
     variables, info = _load(config, workdir, which)
+    config, size_from = at_test_size(config, workdir, info, test_size=test_size)
     cal = _calibration(config, workdir, info)
     outputs = predict_split(config, variables, split)
     if outputs.labels is None:
         raise EvalError(f"split {split!r} has no labels, so it cannot be evaluated; use --mode predict for it")
     out = _out_dir(workdir, "eval", which, split, config, info)
-    return write_eval(
-        config, outputs, cal, out, which=which, split=split, step=info["step"], source={"source": TFRECORDS}
-    )
+    source = {"source": TFRECORDS, "image_size_from": size_from}
+    return write_eval(config, outputs, cal, out, which=which, split=split, step=info["step"], source=source)
 
 
 TFRECORDS = "tfrecords"  # metrics.json "source" of an eval of the TFRecord splits (flowers_jax/page_eval.py: "page")
@@ -293,9 +333,10 @@ def _eval_line(split: str, which: str, step: int, s: dict) -> str:
 
 
 def run_calibrate(
-    config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val"
+    config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "val", *, test_size: bool = False
 ) -> trust.Calibration:
-    """Fits calibration.json for checkpoint `which` at config.data.image_size on labelled `split`.
+    """Fits calibration.json for checkpoint `which` at config.data.image_size (`test_size`: module
+    docstring) on labelled `split`.
 
     Without test-time augmentation (the exported model and the page have none). The class means of
     the embedding statistics (open-set scores, and the page's "add a species") come from the training
@@ -305,6 +346,7 @@ def run_calibrate(
     config.eval.tta = ""
     config.eval.calibration = "off"
     variables, info = _load(config, workdir, which)
+    config, _ = at_test_size(config, workdir, info, test_size=test_size)
     outputs = predict_split(config, variables, split)
     try:
         trust.check_fittable(outputs.labels, split)
@@ -344,13 +386,22 @@ def run_calibrate(
     return cal
 
 
-def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "best", split: str = "test") -> str:
-    """Predicts `split` (labels not needed); writes submission.csv and probabilities.npz; returns the folder.
+def run_predict(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    which: str = "best",
+    split: str = "test",
+    *,
+    test_size: bool = False,
+) -> str:
+    """Predicts `split` (labels not needed; `test_size`: module docstring); writes submission.csv and
+    probabilities.npz; returns the folder.
 
     With a calibration, the probabilities are calibrated and the npz also holds each photo's
     decision ("answer", "not_sure", "unknown").
     """
     variables, info = _load(config, workdir, which)
+    config, _ = at_test_size(config, workdir, info, test_size=test_size)
     cal = _calibration(config, workdir, info)
     outputs = predict_split(config, variables, split)
     probs, ids = outputs.probs(cal.temperature if cal else 1.0), outputs.ids
@@ -371,3 +422,21 @@ def run_predict(config: ml_collections.ConfigDict, workdir: str, which: str = "b
             f.write(buffer.getvalue())
         print(f"predicted {len(ids)} examples of {split!r} @ {which} (step {info['step']}) -> {out}", flush=True)
     return out
+
+
+def choose_test_size(
+    config: ml_collections.ConfigDict, workdir: str, which: str = "best", *, sizes: list[int], split: str = "val"
+) -> tuple[int, dict[int, float]]:
+    """Val accuracy of checkpoint `which` at each of `sizes` (the run's records, resized; uncalibrated:
+    accuracy does not depend on the temperature), records the best (ties: the smaller) in
+    W/test_size.json (chosen_size.record); returns (that size, {size: accuracy})."""
+    by_size, step = {}, None
+    for size in sizes:
+        c = chosen_size.at_size(config, size)
+        c.eval.calibration = "off"
+        c.eval.tta = ""
+        summary = run_eval(c, workdir, which, split)
+        by_size[size], step = summary["accuracy"], summary["checkpoint_step"]
+    best = max(sizes, key=lambda s: (by_size[s], -s))
+    chosen_size.record(workdir, image_size=best, step=step, which=which, split=split, candidates=by_size)
+    return best, by_size

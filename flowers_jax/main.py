@@ -18,10 +18,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where the run keeps checkpoints
 _MODE = flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "predict", "calibrate", "describe"],
-    "train (resumes if the workdir has checkpoints), eval (reports on a labelled split), predict (submission "
-    "for an unlabelled split), calibrate (temperature and abstention thresholds on val -> W/calibration.json), "
-    "describe (the model and its pretrained load, no data).",
+    ["train", "choose_size", "eval", "predict", "calibrate", "describe"],
+    "train (resumes if the workdir has checkpoints), choose_size (val accuracy at each of --sizes; the best -> "
+    "W/test_size.json, which eval, predict, calibrate and the exporter then use), eval (reports on a labelled "
+    "split), predict (submission for an unlabelled split), calibrate (temperature and abstention thresholds on val "
+    "-> W/calibration.json), describe (the model and its pretrained load, no data).",
 )
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "eval/predict/calibrate: best, latest, or a step number.")
 _SPLIT = flags.DEFINE_string(
@@ -29,6 +30,9 @@ _SPLIT = flags.DEFINE_string(
     None,
     "eval/predict/calibrate: val, test, train, or a path/glob of .tfrec files (default: val for eval and "
     "calibrate, test for predict).",
+)
+_SIZES = flags.DEFINE_list(
+    "sizes", None, "choose_size: the candidate test-time sizes (default: the training size S, S+32 and S+64)."
 )
 _PHOTOS = flags.DEFINE_string(
     "photos",
@@ -86,32 +90,41 @@ def main(argv: list[str]) -> None:
             raise app.UsageError(str(e)) from None
         return
 
+    _evaluate(config)
+
+
+def _evaluate(config) -> None:
+    """The modes that read a checkpoint: choose_size, eval (TFRecords or --photos), calibrate, predict."""
     from flowers_jax import evaluation
 
+    workdir, which, split = (
+        _WORKDIR.value,
+        _CHECKPOINT.value,
+        _SPLIT.value or ("test" if _MODE.value == "predict" else "val"),
+    )
     if (_PHOTOS.value or _ONNX.value) and _MODE.value != "eval":
         raise app.UsageError("--photos and --onnx go with --mode eval")
+    if _ONNX.value and not _PHOTOS.value:
+        raise app.UsageError("--onnx needs --photos (the page-fed eval)")
+    # Without --config.data.image_size, eval, predict and calibrate use the size val chose for this
+    # checkpoint (W/test_size.json, from --mode choose_size), else the calibration's, else the training size.
+    size = config_flags.get_override_values(flags.FLAGS["config"]).get("data.image_size")
     try:
-        if _MODE.value == "eval" and _PHOTOS.value:
+        if _MODE.value == "choose_size":
+            s = config.data.image_size
+            sizes = [int(x) for x in _SIZES.value] if _SIZES.value else [s, s + 32, s + 64]
+            evaluation.choose_test_size(config, workdir, which, sizes=sizes, split=split)
+        elif _MODE.value == "eval" and _PHOTOS.value:
             from flowers_jax import page_eval
 
-            size = config_flags.get_override_values(flags.FLAGS["config"]).get("data.image_size")
-            page_eval.run_page_eval(
-                config,
-                _WORKDIR.value,
-                _PHOTOS.value,
-                _CHECKPOINT.value,
-                _SPLIT.value or "val",
-                image_size=size,
-                onnx=_ONNX.value,
-            )
-        elif _MODE.value == "eval":
-            if _ONNX.value:
-                raise app.UsageError("--onnx needs --photos (the page-fed eval)")
-            evaluation.run_eval(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
-        elif _MODE.value == "calibrate":
-            evaluation.run_calibrate(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "val")
+            page_eval.run_page_eval(config, workdir, _PHOTOS.value, which, split, image_size=size, onnx=_ONNX.value)
         else:
-            evaluation.run_predict(config, _WORKDIR.value, _CHECKPOINT.value, _SPLIT.value or "test")
+            run = {
+                "eval": evaluation.run_eval,
+                "calibrate": evaluation.run_calibrate,
+                "predict": evaluation.run_predict,
+            }
+            run[_MODE.value](config, workdir, which, split, test_size=not size)
     except (evaluation.EvalError, evaluation.inference.checkpoint.CheckpointError) as e:
         raise app.UsageError(str(e)) from None
 

@@ -41,7 +41,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from flowers_jax import chosen_size, data, distributed, evaluation, reports
+from flowers_jax import data, distributed, evaluation, reports
 from flowers_jax.data import convert
 from flowers_jax.evaluation import EvalError
 from flowers_jax.export import images, twin
@@ -190,21 +190,17 @@ def run_page_eval(
 
         fixtures.use_workdir_data(config, workdir)
     variables, info = evaluation._load(config, workdir, which)
-    try:
-        size, why = chosen_size.resolve(
-            workdir, step=info["step"], trained_size=info["trained_image_size"], explicit=image_size
-        )
-    except chosen_size.ChosenSizeError as e:
-        raise EvalError(f"{e} (--config.data.image_size=S)") from None
-    # The run's records (read for the class names and training prior), whatever the size fed.
-    config.data.tfrecord_size = config.data.tfrecord_size or info["trained_image_size"]
-    config.data.image_size = size
+    if image_size:
+        config.data.image_size = image_size
+    # The run's records stay those read for the class names and training prior, whatever the size fed.
+    config, why = evaluation.at_test_size(config, workdir, info, test_size=not image_size)
+    size = config.data.image_size
     photos, names, source = find_photos(photos_root, split)
     data_info, class_names = _class_names(config, photos, names)
     cal = evaluation._calibration(config, workdir, info)
     score = onnx_scorer(onnx, step=info["step"], image_size=size) if onnx else flax_scorer(config, variables)
     batch = config.get("eval_batch_size", None) or config.batch_size
-    print(f"page-fed eval: {len(photos)} {split} photos of {photos_root} at {size}px ({why})", flush=True)
+    print(f"page-fed eval: {len(photos)} {split} photos of {photos_root} at {size}px", flush=True)
     outputs = predict_photos(photos, size, score, batch_size=batch)
     out = reports.ensure_dir(
         os.path.join(

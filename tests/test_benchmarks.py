@@ -35,15 +35,16 @@ def test_keras_recipe_head_then_last_20_layers_without_batchnorm():
 
 
 def test_val_chooses_the_test_size_and_records_it(monkeypatch, tmp_path):
-    """chosen_size.choose (what benchmarks/oxford102.py calls): each candidate size is evaluated on val
-    from the training-size records; the best val wins, a tie goes to the smaller size, test is never
-    read for the choice, and W/test_size.json records it for the exporter and the page-fed eval."""
+    """evaluation.choose_test_size (--mode choose_size; benchmarks/oxford102.py calls it): each candidate
+    size is evaluated on val from the training-size records; the best val wins, a tie goes to the smaller
+    size, test is never read for the choice, and W/test_size.json records it for the exporter, the page-fed
+    eval and eval/predict/calibrate."""
     from configs import oxford102 as recipe
     from flowers_jax import chosen_size, evaluation
 
     seen = []
 
-    def fake_eval(config, workdir, which, split):
+    def fake_eval(config, workdir, which, split, **kw):
         seen.append((config.data.image_size, config.data.tfrecord_size, which, split))
         accuracy = {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}[config.data.image_size]
         return {"accuracy": accuracy, "checkpoint_step": 806}
@@ -51,7 +52,7 @@ def test_val_chooses_the_test_size_and_records_it(monkeypatch, tmp_path):
     monkeypatch.setattr(evaluation, "run_eval", fake_eval)
     config = recipe.get_config()
     config.data.tfrecord_size, config.data.image_size = 224, 256  # photos stored at 224, trained at 256
-    size, val = chosen_size.choose(config, str(tmp_path), [224, 256, 288, 320])
+    size, val = evaluation.choose_test_size(config, str(tmp_path), sizes=[224, 256, 288, 320])
     assert size == 256 and val == {224: 0.90, 256: 0.93, 288: 0.93, 320: 0.91}
     assert seen == [(s, 224, "best", "val") for s in (224, 256, 288, 320)]
     assert (config.data.image_size, config.data.tfrecord_size) == (256, 224)  # the run's config is untouched

@@ -103,3 +103,48 @@ def test_export_defaults_to_the_recorded_size_and_states_its_figure(smoke_workdi
     trust.save(str(w), calibration_at(64, step))  # fitted at another size than val chose: refused
     with pytest.raises(SystemExit, match="at 64px, not step .* at 80px"):
         cli.from_workdir(_cli_args(w))
+
+
+def test_choose_size_mode_records_and_eval_predict_calibrate_then_use_it(smoke_workdir, tmp_path):
+    """`--mode choose_size` evaluates val at each of --sizes and records the best; eval, predict and
+    calibrate without --config.data.image_size then run at the recorded size and say where it came from,
+    an explicit size still wins, and a record of another checkpoint step is refused with what to run."""
+    import subprocess
+
+    from training_runs import ROOT, env, main_command
+
+    from configs import smoke
+    from flowers_jax import evaluation
+    from flowers_jax.data import fixtures
+
+    w = tmp_path / "w"
+    shutil.copytree(smoke_workdir, w, ignore=shutil.ignore_patterns("eval", "predict", "export*"))
+    done = subprocess.run(
+        main_command(w, "--mode=choose_size", "--sizes=64,80"), cwd=ROOT, env=env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    chosen = chosen_size.load(str(w))
+    assert set(chosen["candidates"]) == {"64", "80"} and chosen["chosen_on"] == "val"
+    assert chosen["image_size"] == max((64, 80), key=lambda s: (chosen["candidates"][str(s)], -s))
+    step = chosen["checkpoint"]["step"]
+    for folder, size in (("val", 64), ("val@80px", 80)):  # each candidate's own eval folder
+        assert json.loads((w / "eval" / "best" / folder / "metrics.json").read_text())["image_size"] == size
+
+    chosen_size.record(str(w), image_size=80, step=step)  # whatever val chose, this test pins 80
+    done = subprocess.run(main_command(w, "--mode=eval"), cwd=ROOT, env=env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "image size 80px (test_size.json (chosen on val))" in done.stdout
+    m = json.loads((w / "eval" / "best" / "val@80px" / "metrics.json").read_text())
+    assert m["image_size"] == 80 and m["image_size_from"].startswith("test_size.json")
+
+    config = smoke.get_config()
+    fixtures.use_workdir_data(config, str(w))
+    cal = evaluation.run_calibrate(config, str(w), test_size=True)
+    assert cal.image_size == 80 and trust.load(str(w)).image_size == 80
+    out = evaluation.run_predict(config, str(w), test_size=True)
+    assert out.endswith("test@80px") and (pathlib.Path(out) / "submission.csv").exists()
+    with pytest.raises(evaluation.EvalError, match="at 80px, not step .* at 64px"):  # explicit 64 wins: refused
+        evaluation.run_eval(config, str(w), split="val", test_size=False)  # calibration at 80
+    chosen_size.record(str(w), image_size=80, step=step + 1)
+    with pytest.raises(evaluation.EvalError, match=f"for step {step + 1}, not step {step}.*choose_size"):
+        evaluation.run_eval(config, str(w), split="val", test_size=True)
