@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,6 +83,19 @@ def _manager(
             multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=directory.name),
         )
         return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+def _listed(list_series: Callable[[], Any], *, tries: int = 5) -> Any:
+    """`list_series()` (an Orbax look-up that lists the step folders of a series and reads each one's
+    metadata), again when a folder vanished between the listing and the read: a trainer beside this
+    reader deletes old steps (max_to_keep), and Orbax then raises a bare FileNotFoundError."""
+    for attempt in range(tries):
+        try:
+            return list_series()
+        except FileNotFoundError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 @contextlib.contextmanager
@@ -232,7 +246,7 @@ def find(workdir: str, which: str) -> tuple[ocp.CheckpointManager, int]:
     name = "best" if which == "best" else "latest"
     if not (root / name).is_dir():
         raise CheckpointError(f"{workdir}: no {name} checkpoint yet")
-    manager = _manager(root / name, 1, async_save=False, read_only=True)
+    manager = _listed(lambda: _manager(root / name, 1, async_save=False, read_only=True))
     if which in ("best", "latest"):
         step = manager.latest_step()
     else:
@@ -316,8 +330,8 @@ def _restore_for_reader(
     error = UnreadableError(f"{manager.directory}: no {which} checkpoint left to read", tried)
     for look in range(looks):
         if look:
-            manager.reload()
-        steps = sorted(manager.all_steps(), reverse=True)
+            _listed(manager.reload)
+        steps = sorted(_listed(manager.all_steps), reverse=True)
         candidates = [s for s in (steps if which == "latest" else steps[:1]) if s not in dict(tried)]
         if not candidates:
             break

@@ -61,6 +61,41 @@ def test_a_reader_looks_again_when_the_trainer_deleted_what_it_was_reading(tmp_p
     assert (step, meta) == (6, {"step": 6}) and [s for s, _ in unreadable] == [3]
 
 
+def test_a_step_that_vanishes_while_the_series_is_listed_is_listed_again(tmp_path, monkeypatch):
+    """Orbax lists a series' step folders, then reads each one's metadata; a trainer deleting an old
+    step in between (max_to_keep) made that a bare FileNotFoundError in a reader (seen beside a
+    training that saves every step). The look-up and the reader's second look list the series again."""
+    import orbax.checkpoint as ocp
+
+    saver = checkpoint.Checkpoints(str(tmp_path), async_save=False)
+    saver.save("latest", 3, {"w": np.arange(4.0)}, {"step": 3})
+    saver.close()
+    listings = []
+    real = ocp.CheckpointManager._load_checkpoint_infos
+
+    def listing_beside_a_trainer(manager, *args, **kwargs):
+        listings.append(manager.directory)
+        if len(listings) % 2:  # every other listing finds a step deleted under it
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "checkpoints" / "latest" / "2"))
+        return real(manager, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "_load_checkpoint_infos", listing_beside_a_trainer)
+    manager, step = checkpoint.find(str(tmp_path), "latest")
+    assert step == 3 and len(listings) == 2
+    abstract = lambda meta: {"w": jax.ShapeDtypeStruct((4,), np.float64)}  # noqa: E731
+    looks = iter([ValueError("unreadable at the first look"), None])
+
+    def first_look_fails(meta):
+        if error := next(looks):
+            raise error
+        return abstract(meta)
+
+    listings.clear()
+    with pytest.raises(checkpoint.UnreadableError, match="step 3: ValueError"):
+        checkpoint._restore_for_reader(manager, "latest", step, first_look_fails)  # looks again: reload
+    assert len(listings) == 2  # the reload's listing, and its retry
+
+
 # What a reader may be told before the trainer's first save is complete.
 _NOT_YET = re.compile(r"does not exist|no checkpoints/ folder|has the run saved one yet")
 
