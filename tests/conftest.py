@@ -1,13 +1,24 @@
 """Test set-up: CPU JAX, Keras on its TensorFlow backend (an independent reference), quiet TF."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One XLA compilation cache for the session, used in this process and by every `python -m
+# flowers_jax.main` a test starts (they inherit the environment): the programs many tests share (the
+# smoke model's steps, the TINY run's, a resumed run's) are compiled once, not once per test. A size
+# limit turns on jax's eviction, and with it a file lock around every read and write, so processes
+# sharing an entry never see it half-written. Set JAX_COMPILATION_CACHE_DIR yourself to keep one.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _XLA_CACHE = tempfile.mkdtemp(prefix="flowers_jax_xla_cache_")
+    atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import pathlib  # noqa: E402
-import shutil  # noqa: E402
 import subprocess  # noqa: E402
 
 import pytest  # noqa: E402
