@@ -331,7 +331,7 @@ def _restore_for_reader(
     for look in range(looks):
         if look:
             _listed(manager.reload)
-        steps = sorted(_listed(manager.all_steps), reverse=True)
+        steps = sorted(manager.all_steps(), reverse=True)  # cached: the listing of find() or of the reload
         candidates = [s for s in (steps if which == "latest" else steps[:1]) if s not in dict(tried)]
         if not candidates:
             break

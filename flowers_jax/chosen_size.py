@@ -100,12 +100,12 @@ def resolve(
     return int(trained_size), "the training size (no test_size.json or calibration.json)"
 
 
-def at_size(config: ml_collections.ConfigDict, size: int) -> ml_collections.ConfigDict:
+def at_size(config: ml_collections.ConfigDict, size: int, *, stored: int | None = None) -> ml_collections.ConfigDict:
     """A copy of `config` that shows the model `size` x `size` images resized from the run's records
-    (the records stay those the run was trained on)."""
+    (the records stay those the run was trained on: `stored` px, default the config's)."""
     from flowers_jax.data import layout
 
     c = config.copy_and_resolve_references()
-    c.data.tfrecord_size = layout.tfrecord_size(config)
+    c.data.tfrecord_size = stored or layout.tfrecord_size(config)
     c.data.image_size = size
     return c

@@ -193,9 +193,7 @@ def at_test_size(
         )
     except chosen_size.ChosenSizeError as e:
         raise EvalError(f"{e} (--config.data.image_size=S)") from None
-    config = config.copy_and_resolve_references()
-    config.data.tfrecord_size = config.data.tfrecord_size or info["trained_image_size"]
-    config.data.image_size = size
+    config = chosen_size.at_size(config, size, stored=config.data.tfrecord_size or info["trained_image_size"])
     if jax.process_index() == 0:
         print(f"image size {size}px ({why})", flush=True)
     return config, why
