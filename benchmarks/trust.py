@@ -166,7 +166,7 @@ def non_flowers(config, workdir: str, size: int) -> dict:
     }
 
 
-def diagnose(config, workdir: str, sizes: list[int]) -> dict:
+def diagnose(config, variables: dict, sizes: list[int]) -> dict:
     """Why is the model under-confident? Mean top probability against accuracy on the training photos
     (un-augmented, at the training size) and on val at each size, with the T that val would fit."""
     from flowers_jax import calibration, evaluation
@@ -176,7 +176,6 @@ def diagnose(config, workdir: str, sizes: list[int]) -> dict:
     for split, size in [("train", config.data.image_size)] + [("val", s) for s in sizes]:
         c = at_size(config, size)
         c.eval.calibration = "off"
-        variables, _ = evaluation._load(c, workdir, "best")
         o = evaluation.predict_split(c, variables, split)
         probs = o.probs()
         out[f"{split}@{size}"] = {
@@ -268,7 +267,8 @@ def main() -> None:
     config = oxford102.get_config()
     config.data.data_dir = args.data_dir
     sizes = [config.data.image_size + d for d in (0, 32, 64)]
-    results: dict = {"diagnosis": diagnose(config, args.workdir, sizes)}
+    variables, info = evaluation._load(config, args.workdir, "best")
+    results: dict = {"diagnosis": diagnose(config, variables, sizes)}
     print("\nunder-confidence: accuracy, mean top probability, ECE and the T each split would fit")
     for key, d in results["diagnosis"].items():
         print(
@@ -278,11 +278,12 @@ def main() -> None:
     # The test-time size: the one val chose and W/test_size.json records (--mode choose_size, as
     # benchmarks/oxford102.py), else the calibration's, else the one val prefers here by the same rule.
     val = {s: results["diagnosis"][f"val@{s}"]["accuracy"] for s in sizes}
-    existing, recorded = trust.load(args.workdir), chosen_size.load(args.workdir)
-    size = (recorded or {}).get("image_size") or (existing.image_size if existing else None)
-    size = size or max(sizes, key=lambda s: (val[s], -s))
+    if chosen_size.load(args.workdir) or trust.load(args.workdir):  # refused when of another checkpoint step
+        size, why = chosen_size.resolve(args.workdir, step=info["step"], trained_size=config.data.image_size)
+    else:
+        size, why = max(sizes, key=lambda s: (val[s], -s)), "val's choice here, by --mode choose_size's rule"
     results |= {"image_size": size, "val_accuracy_by_size": val}
-    print(f"test-time size {size} (val accuracy by size: {val})")
+    print(f"test-time size {size} ({why}; val accuracy by size: {val})")
     if args.open_workdir:
         results["leave_out"] = lo = leave_out(args.open_workdir, args.open_data_dir, size)
         print(f"\nleave-20-classes-out, at {size}px: AUROC known vs unknown (val chooses, test reports)")
