@@ -79,8 +79,31 @@ def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
 # loop (pyproject.toml registers the marker). eight_device_run is tests/test_train.py's.
 SLOW_FIXTURES = frozenset({"smoke_workdir", "tiny_run", "small_export", "eight_device_run"})
 
+# The suite runs on pytest-xdist workers (pyproject.toml's addopts: `-n auto --dist loadgroup`), and
+# a session fixture lives once per worker: each test that shares a trained fixture joins that
+# fixture's xdist group, so one worker makes it once and runs all its users, while the others take
+# the rest. (tiny_run and eight_device_run are compared with each other, hence one group.)
+XDIST_GROUPS = {
+    "smoke_workdir": "smoke",
+    "tiny_run": "tiny",
+    "eight_device_run": "tiny",
+    "small_export": "export",
+}
 
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & used:
             item.add_marker(pytest.mark.slow)
+        groups = sorted({XDIST_GROUPS[f] for f in used & XDIST_GROUPS.keys()})
+        if len(groups) > 1:  # it would build one group's fixtures a second time, on another worker
+            raise pytest.UsageError(f"{item.nodeid} uses the fixtures of xdist groups {groups}: give them one group")
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups[0]))
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most 4 (each holds TF, JAX and its own session fixtures)."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))

@@ -130,10 +130,12 @@ def _steps(series) -> list[int]:
 
 
 def test_readers_beside_a_training_that_saves_every_step(tiny_run, tmp_path):
-    """Readers restore checkpoints in a loop while a training saves every step, is SIGKILLed in its
-    second stage and resumed: the training finishes, no read failed, every kept checkpoint restores,
-    and the run ends exactly where the uninterrupted one did. (Orbax's cleanup of temporary folders
-    in a reader's look-up deleted the trainer's save in flight: "Save failed", "No ArrayMetadata".)"""
+    """Readers restore checkpoints in a loop while a training saves every step, is SIGKILLed mid-epoch
+    in its second stage and resumed: the training finishes, no read failed, every kept checkpoint
+    restores, and the run ends exactly where the uninterrupted one did, its metric rows neither lost
+    nor written twice (this is also the suite's resume-after-preemption test). (Orbax's cleanup of
+    temporary folders in a reader's look-up deleted the trainer's save in flight: "Save failed", "No
+    ArrayMetadata".)"""
     workdir = tmp_path / "w"
     args = [a for a in TINY if not a.startswith("--config.checkpoint.every_steps=")]
     args.append("--config.checkpoint.every_steps=1")
