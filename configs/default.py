@@ -109,7 +109,7 @@ def get_config() -> ml_collections.ConfigDict:
             selective_score="auto",
             openset_score="relative_mahalanobis",
             known_recall=0.96,
-            add_species=dict(margin=80.0, scale=3.817),
+            add_species=dict(margin=100.0, scale=8.887),
         )
     )
     return c
