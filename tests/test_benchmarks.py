@@ -87,3 +87,43 @@ def test_oxford_benchmark_model_picks_config_workdir_and_the_keras_twin():
     assert oxford102.output_name("lite2") == "oxford102_lite2"
     with pytest.raises(SystemExit):
         oxford102.parse_args(["--model", "b0"])
+
+
+def _flat(config) -> dict:
+    from flax import traverse_util
+
+    return {".".join(k): v for k, v in traverse_util.flatten_dict(config.to_dict()).items()}
+
+
+def test_every_recipe_trial_applies_to_every_model_and_a_misspelt_one_is_refused():
+    import pytest
+
+    from benchmarks import oxford102, recipe_trials
+
+    budget = {"data.data_dir": "/records", "stages.head.epochs": 2, "stages.all.epochs": 3}
+    for model in oxford102.MODELS:
+        base = _flat(oxford102.recipe_config(model))
+        for name, changes in recipe_trials.TRIALS.items():
+            config = recipe_trials.trial_config(oxford102.recipe_config(model), name, changes, "/records", (2, 3))
+            got = _flat(config)
+            assert {k: got[k] for k in changes | budget} == changes | budget, name
+            assert all(got[k] == v for k, v in base.items() if k not in changes | budget), name
+    with pytest.raises(ValueError, match="trial 'typo'.*lrr"):
+        recipe_trials.trial_config(oxford102.recipe_config("lite0"), "typo", {"stages.all.lrr": 1.0}, "/r", (1, 1))
+    with pytest.raises(SystemExit):
+        recipe_trials.parse_args(["--trials", "baseline,nosuch"])
+
+
+def test_recipe_trials_table_gives_each_trial_beside_the_baseline():
+    from benchmarks import recipe_trials
+
+    def result(acc):
+        return {"val": {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.3, "nll": 0.9}, "epochs": 33}
+
+    text = recipe_trials.table(
+        {"baseline": result(0.95), "l2sp": result(0.9612)}, {"baseline": {}, "l2sp": recipe_trials.TRIALS["l2sp"]}
+    )
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| baseline | (the recipe) | 0.9500 | +0.00 pts | 0.9400 |")
+    assert "`optimizer.decay_to=pretrained`" in lines[3]
+    assert "| 0.9612 | +1.12 pts | 0.9512 | 0.3000 | 0.9000 | 33 |" in lines[3]

@@ -1,0 +1,135 @@
+"""The recipe's candidate changes, each trained and read on val in one place: one table to choose from.
+
+  python benchmarks/recipe_trials.py [--model lite0|lite1|lite2] [--tfrecords /tmp/oxford102_tfrec]
+      [--workdir workdirs/trials_<model>] [--trials baseline,l2sp,...] [--epochs-head 8 --epochs-fine 25]
+      [--test NAME]
+
+Each trial is the model's recipe (benchmarks/oxford102.py --model: its config in configs/) with the
+changes TRIALS names, trained into <workdir>/<name> (a rerun resumes an unfinished trial and skips a
+finished one), then read on val only, at the training size: the best checkpoint's top-1 and macro-F1
+(macro-F1 chose the checkpoint) and its calibration at T = 1 (ECE, NLL), since mixup and label
+smoothing move it. Every trial gets the same epoch budget (--epochs-*), the baseline included, so a
+short screening budget still compares like with like. `--test NAME` reads the test split, once, for
+the trial this table chose; nothing else here reads test. Prints the table and writes
+<workdir>/trials.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+from flowers_jax import hugepages
+
+# name -> config fields it changes (flattened keys, as --config.KEY=VALUE spells them).
+TRIALS: dict[str, dict[str, object]] = {
+    "baseline": {},
+    "l2sp": {"optimizer.decay_to": "pretrained", "optimizer.weight_decay": 0.01},
+    "mixup_cutmix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
+    "dropout_0.4": {"dropout_rate": 0.4},
+    "drop_connect_0.3": {"drop_connect_rate": 0.3},
+    "ema_0.998": {"ema_decay": 0.998},
+    "no_label_smoothing": {"label_smoothing": 0.0},
+    "fine_lr_x2": {"stages.all.lr": 6e-4},
+    "train_at_288": {"data.image_size": 288},
+}
+
+
+def trial_config(base, name: str, changes: dict[str, object], tfrecords: str, epochs: tuple[int, int]):
+    """`base` with trial `name`'s changes, the records and the epoch budget (head stage, fine stage)."""
+    config = base.copy_and_resolve_references()
+    config.data.data_dir = tfrecords
+    head, fine = config.stage_order.split(",")
+    config.stages[head].epochs, config.stages[fine].epochs = epochs
+    config.lock()  # a misspelt key is an error, not a new field
+    try:
+        config.update_from_flattened_dict(dict(changes))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"trial {name!r}: {e}") from None
+    return config
+
+
+def run_trial(config, workdir: str) -> dict:
+    """Trains (or resumes, or finds finished) `config` in `workdir`; returns its val figures."""
+    from flowers_jax import evaluation, logs, train
+
+    start = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    val = evaluation.run_eval(config, workdir, "best", "val")
+    epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
+    keep = ("accuracy", "macro_f1", "ece", "nll", "checkpoint_step", "intervals")
+    return {"val": {k: val[k] for k in keep}, "epochs": len(epochs), "seconds_this_call": time.perf_counter() - start}
+
+
+def table(results: dict[str, dict], changes: dict[str, dict]) -> str:
+    """The markdown table of `results` (name -> run_trial's dict), the baseline's top-1 as the reference."""
+    base = results.get("baseline", {}).get("val", {}).get("accuracy")
+    rows = [
+        "| trial | changes | val top-1 | vs baseline | val macro-F1 | val ECE (T = 1) | val NLL (T = 1) | epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        v = r["val"]
+        delta = f"{100 * (v['accuracy'] - base):+.2f} pts" if base is not None else ""
+        spelled = ", ".join(f"`{k}={x}`" for k, x in changes[name].items()) or "(the recipe)"
+        rows.append(
+            f"| {name} | {spelled} | {v['accuracy']:.4f} | {delta} | {v['macro_f1']:.4f} | {v['ece']:.4f} | "
+            f"{v['nll']:.4f} | {r['epochs']} |"
+        )
+    return "\n".join(rows)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from benchmarks import oxford102
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(oxford102.MODELS), default="lite0")
+    parser.add_argument("--tfrecords", default="/tmp/oxford102_tfrec")
+    parser.add_argument("--workdir", default="", help="default workdirs/trials_<model>")
+    parser.add_argument("--trials", default=",".join(TRIALS), help=f"comma-separated, of: {', '.join(TRIALS)}")
+    parser.add_argument("--epochs-head", type=int, default=8)
+    parser.add_argument("--epochs-fine", type=int, default=25)
+    parser.add_argument("--test", default="", help="read test once for this trial (the one val chose)")
+    args = parser.parse_args(argv)
+    args.workdir = args.workdir or os.path.join("workdirs", f"trials_{args.model}")
+    args.trials = [t for t in args.trials.split(",") if t]
+    unknown = [t for t in args.trials + ([args.test] if args.test else []) if t not in TRIALS]
+    if unknown:
+        parser.error(f"unknown trial(s) {', '.join(unknown)}; the trials are: {', '.join(TRIALS)}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    from benchmarks import oxford102
+    from flowers_jax import evaluation
+    from flowers_jax.chosen_size import at_size
+
+    base = oxford102.recipe_config(args.model)
+    epochs = (args.epochs_head, args.epochs_fine)
+    configs = {n: trial_config(base, n, TRIALS[n], args.tfrecords, epochs) for n in args.trials}  # all checked first
+    results = {}
+    for name, config in configs.items():
+        print(f"\n=== trial {name}: {TRIALS[name] or 'the recipe'}", flush=True)
+        results[name] = run_trial(config, os.path.join(args.workdir, name))
+    print(f"\n{oxford102.MODELS[args.model][1]}, {epochs[0]} head + {epochs[1]} fine epochs, val at the training size:")
+    print(table(results, {n: TRIALS[n] for n in results}))
+    if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
+        config, workdir = configs.get(args.test), os.path.join(args.workdir, args.test)
+        if config is None:
+            raise SystemExit(f"--test {args.test}: run that trial too (--trials ...,{args.test})")
+        s = config.data.image_size
+        size, _ = evaluation.choose_test_size(config, workdir, "best", sizes=[s, s + 32, s + 64])
+        test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
+        results[args.test]["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "intervals", "image_size")}
+        print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "trials.json"), "w") as f:
+        json.dump({"model": base.model, "epochs": epochs, "trials": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    hugepages.restart_with_huge_pages()  # as `python -m flowers_jax.main` runs
+    main()
