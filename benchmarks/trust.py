@@ -1,10 +1,11 @@
 """Calibration, "not sure" and "not one of my flowers", measured on a trained Oxford-102 workdir.
 
-  python benchmarks/trust.py --workdir W --data-dir /tmp/oxford102_tfrec \
+  python benchmarks/trust.py --workdir W [--model lite0|lite1|lite2] --data-dir /tmp/oxford102_tfrec \
       [--open-workdir W2 --open-data-dir /tmp/oxford102_open] [--figures docs/results]
 
-W is a run of configs/oxford102.py (104 classes), W2 one of configs/oxford102_open.py (20 classes left
-out entirely). Every choice is made on val; test is read once, after:
+W is a run of --model's recipe (104 classes; lite0: configs/oxford102.py, the others as
+benchmarks/oxford102.py --model names them), W2 one of configs/oxford102_open.py (Lite0, 20 classes
+left out entirely). Every choice is made on val; test is read once, after:
   1. the test-time size val chose (W/test_size.json, from --mode choose_size or benchmarks/oxford102.py),
      else W/calibration.json's, else val chooses it here among S, S+32, S+64 by the same rule;
   2. with W2: its val photos of known classes against its val photos of the held-out classes
@@ -27,6 +28,8 @@ import os
 import shutil
 
 import numpy as np
+
+from benchmarks.oxford102 import MODELS, output_name, recipe_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -252,7 +255,8 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", required=True, help="a configs/oxford102.py run")
+    parser.add_argument("--workdir", required=True, help="a run of --model's recipe (lite0: configs/oxford102.py)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="lite0", help="whose recipe W ran (as oxford102.py)")
     parser.add_argument("--data-dir", default="/tmp/oxford102_tfrec")
     parser.add_argument("--open-workdir", default="", help="a configs/oxford102_open.py run")
     parser.add_argument("--open-data-dir", default="/tmp/oxford102_open")
@@ -260,11 +264,10 @@ def main() -> None:
     parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "results"), help="'' to skip copying")
     args = parser.parse_args()
 
-    from configs import oxford102
     from flowers_jax import chosen_size, evaluation, trust
     from flowers_jax.chosen_size import at_size
 
-    config = oxford102.get_config()
+    config = recipe_config(args.model)
     config.data.data_dir = args.data_dir
     sizes = [config.data.image_size + d for d in (0, 32, 64)]
     variables, info = evaluation._load(config, args.workdir, "best")
@@ -321,11 +324,11 @@ def main() -> None:
     print("\n" + markdown(results))
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
-        trained_size = oxford102.get_config().data.image_size
+        trained_size = recipe_config(args.model).data.image_size
         test_dir = os.path.join(args.workdir, "eval", "best", evaluation.split_dir_name("test", config, trained_size))
         for src, dst in (
-            ("reliability.png", "oxford102_reliability.png"),
-            ("risk_coverage.png", "oxford102_risk_coverage.png"),
+            ("reliability.png", f"{output_name(args.model)}_reliability.png"),
+            ("risk_coverage.png", f"{output_name(args.model)}_risk_coverage.png"),
         ):
             shutil.copyfile(os.path.join(test_dir, src), os.path.join(args.figures, dst))
         print(f"figures in {args.figures}")
