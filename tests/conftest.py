@@ -105,5 +105,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """`-n auto`: one worker per core, at most 4 (each holds TF, JAX and its own session fixtures)."""
-    return max(1, min(4, len(os.sched_getaffinity(0))))
+    """`-n auto`: one worker per core this process may use, at most 4 (each holds TF, JAX and its own
+    session fixtures). joblib (scikit-learn's) counts a container's CPU quota, not just the host's cores."""
+    import joblib
+
+    return max(1, min(4, joblib.cpu_count()))
