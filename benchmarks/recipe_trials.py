@@ -5,8 +5,9 @@
       [--test NAME]
 
 Each trial is the model's recipe (benchmarks/oxford102.py --model: its config in configs/) with the
-changes TRIALS names, trained into <workdir>/<name> (a rerun resumes an unfinished trial and skips a
-finished one), then read on val only, at the training size: the best checkpoint's top-1 and macro-F1
+changes TRIALS names (some relative to the recipe's own values), trained into <workdir>/<name> (a
+rerun resumes an unfinished trial and skips a finished one; a folder trained with other settings is
+refused), then read on val only, at the training size: the best checkpoint's top-1 and macro-F1
 (macro-F1 chose the checkpoint) and its calibration at T = 1 (ECE, NLL), since mixup and label
 smoothing move it. Every trial gets the same epoch budget (--epochs-*), the baseline included, so a
 short screening budget still compares like with like. `--test NAME` reads the test split, once, for
@@ -20,11 +21,16 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
+
+import ml_collections
 
 from flowers_jax import hugepages
 
-# name -> config fields it changes (flattened keys, as --config.KEY=VALUE spells them).
-TRIALS: dict[str, dict[str, object]] = {
+# name -> the config fields it changes (flattened keys, as --config.KEY=VALUE spells them), or a function
+# of the model's recipe config giving them (changes relative to the recipe's own values).
+Changes = dict[str, object]
+TRIALS: dict[str, Changes | Callable[[ml_collections.ConfigDict], Changes]] = {
     "baseline": {},
     "l2sp": {"optimizer.decay_to": "pretrained", "optimizer.weight_decay": 0.01},
     "mixup_cutmix": {"mixup_alpha": 0.2, "cutmix_alpha": 1.0},
@@ -32,23 +38,60 @@ TRIALS: dict[str, dict[str, object]] = {
     "drop_connect_0.3": {"drop_connect_rate": 0.3},
     "ema_0.998": {"ema_decay": 0.998},
     "no_label_smoothing": {"label_smoothing": 0.0},
-    "fine_lr_x2": {"stages.all.lr": 6e-4},
-    "train_at_288": {"data.image_size": 288},
+    "fine_lr_x2": lambda c: {f"stages.{_fine(c)}.lr": 2 * c.stages[_fine(c)].lr},
+    "train_size_plus_32": lambda c: {"data.image_size": c.data.image_size + 32},
 }
 
 
-def trial_config(base, name: str, changes: dict[str, object], tfrecords: str, epochs: tuple[int, int]):
-    """`base` with trial `name`'s changes, the records and the epoch budget (head stage, fine stage)."""
+def _fine(config: ml_collections.ConfigDict) -> str:
+    """The name of the recipe's second (fine-tuning) stage."""
+    return config.stage_order.split(",")[1]
+
+
+def trial_changes(base: ml_collections.ConfigDict, name: str) -> Changes:
+    """The fields trial `name` changes in `base`, with their values."""
+    changes = TRIALS[name]
+    return dict(changes(base) if callable(changes) else changes)
+
+
+def trial_config(base: ml_collections.ConfigDict, name: str, tfrecords: str, epochs: tuple[int, int]):
+    """A copy of `base` with trial `name`'s changes, the records and the epoch budget (head, fine)."""
     config = base.copy_and_resolve_references()
     config.data.data_dir = tfrecords
     head, fine = config.stage_order.split(",")
     config.stages[head].epochs, config.stages[fine].epochs = epochs
     config.lock()  # a misspelt key is an error, not a new field
     try:
-        config.update_from_flattened_dict(dict(changes))
+        config.update_from_flattened_dict(trial_changes(base, name))
     except (KeyError, TypeError) as e:
         raise ValueError(f"trial {name!r}: {e}") from None
     return config
+
+
+def _uncalibrated(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` reading probabilities at T = 1 even where the workdir holds a calibration.json."""
+    config = config.copy_and_resolve_references()
+    config.eval.calibration = "off"
+    return config
+
+
+def refuse_other_settings(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """A trial's folder that holds a run of other settings (another budget, an edited trial) is
+    refused, naming the fields: training would resume or reuse it as if it were this trial."""
+    from flax import traverse_util
+
+    from flowers_jax import checkpoint
+
+    try:
+        manager, step = checkpoint.find(workdir, "latest")
+    except checkpoint.CheckpointError:
+        return  # nothing trained there yet
+    saved = traverse_util.flatten_dict(json.loads(checkpoint.restore_meta(manager, step)["config"]), sep=".")
+    wanted = traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+    differ = sorted(k for k in saved.keys() | wanted.keys() if k != "data.data_dir" and saved.get(k) != wanted.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} here" for k in differ[:6])
+        raise SystemExit(f"{workdir} holds a run of other settings ({shown}); use another --workdir or remove it")
 
 
 def run_trial(config, workdir: str) -> dict:
@@ -57,7 +100,7 @@ def run_trial(config, workdir: str) -> dict:
 
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
-    val = evaluation.run_eval(config, workdir, "best", "val")
+    val = evaluation.run_eval(_uncalibrated(config), workdir, "best", "val")
     epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
     keep = ("accuracy", "macro_f1", "ece", "nll", "checkpoint_step", "intervals")
     return {"val": {k: val[k] for k in keep}, "epochs": len(epochs), "seconds_this_call": time.perf_counter() - start}
@@ -98,6 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [t for t in args.trials + ([args.test] if args.test else []) if t not in TRIALS]
     if unknown:
         parser.error(f"unknown trial(s) {', '.join(unknown)}; the trials are: {', '.join(TRIALS)}")
+    if args.test and args.test not in args.trials:
+        parser.error(f"--test {args.test}: that trial must be run (and tabled) too: add it to --trials")
     return args
 
 
@@ -109,17 +154,18 @@ def main() -> None:
 
     base = oxford102.recipe_config(args.model)
     epochs = (args.epochs_head, args.epochs_fine)
-    configs = {n: trial_config(base, n, TRIALS[n], args.tfrecords, epochs) for n in args.trials}  # all checked first
+    changes = {n: trial_changes(base, n) for n in args.trials}
+    configs = {n: trial_config(base, n, args.tfrecords, epochs) for n in args.trials}  # all checked first
+    for name, config in configs.items():
+        refuse_other_settings(config, os.path.join(args.workdir, name))
     results = {}
     for name, config in configs.items():
-        print(f"\n=== trial {name}: {TRIALS[name] or 'the recipe'}", flush=True)
+        print(f"\n=== trial {name}: {changes[name] or 'the recipe'}", flush=True)
         results[name] = run_trial(config, os.path.join(args.workdir, name))
     print(f"\n{oxford102.MODELS[args.model][1]}, {epochs[0]} head + {epochs[1]} fine epochs, val at the training size:")
-    print(table(results, {n: TRIALS[n] for n in results}))
+    print(table(results, changes))
     if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
-        config, workdir = configs.get(args.test), os.path.join(args.workdir, args.test)
-        if config is None:
-            raise SystemExit(f"--test {args.test}: run that trial too (--trials ...,{args.test})")
+        config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
         s = config.data.image_size
         size, _ = evaluation.choose_test_size(config, workdir, "best", sizes=[s, s + 32, s + 64])
         test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
@@ -127,7 +173,7 @@ def main() -> None:
         print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "trials.json"), "w") as f:
-        json.dump({"model": base.model, "epochs": epochs, "trials": results}, f, indent=2)
+        json.dump({"model": base.model, "epochs": epochs, "changes": changes, "trials": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -324,8 +324,8 @@ def main() -> None:
     print("\n" + markdown(results))
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
-        trained_size = recipe_config(args.model).data.image_size
-        test_dir = os.path.join(args.workdir, "eval", "best", evaluation.split_dir_name("test", config, trained_size))
+        test_dir = evaluation.split_dir_name("test", config, info["trained_image_size"])  # as eval named it
+        test_dir = os.path.join(args.workdir, "eval", "best", test_dir)
         for src, dst in (
             ("reliability.png", f"{output_name(args.model)}_reliability.png"),
             ("risk_coverage.png", f"{output_name(args.model)}_risk_coverage.png"),

@@ -95,23 +95,32 @@ def _flat(config) -> dict:
     return {".".join(k): v for k, v in traverse_util.flatten_dict(config.to_dict()).items()}
 
 
-def test_every_recipe_trial_applies_to_every_model_and_a_misspelt_one_is_refused():
+def test_every_recipe_trial_changes_every_model_s_recipe_and_a_misspelt_one_is_refused():
     import pytest
 
     from benchmarks import oxford102, recipe_trials
 
     budget = {"data.data_dir": "/records", "stages.head.epochs": 2, "stages.all.epochs": 3}
     for model in oxford102.MODELS:
-        base = _flat(oxford102.recipe_config(model))
-        for name, changes in recipe_trials.TRIALS.items():
-            config = recipe_trials.trial_config(oxford102.recipe_config(model), name, changes, "/records", (2, 3))
-            got = _flat(config)
+        base = oxford102.recipe_config(model)
+        before = _flat(base)
+        for name in recipe_trials.TRIALS:
+            changes = recipe_trials.trial_changes(base, name)
+            got = _flat(recipe_trials.trial_config(base, name, "/records", (2, 3)))
             assert {k: got[k] for k in changes | budget} == changes | budget, name
-            assert all(got[k] == v for k, v in base.items() if k not in changes | budget), name
-    with pytest.raises(ValueError, match="trial 'typo'.*lrr"):
-        recipe_trials.trial_config(oxford102.recipe_config("lite0"), "typo", {"stages.all.lrr": 1.0}, "/r", (1, 1))
-    with pytest.raises(SystemExit):
-        recipe_trials.parse_args(["--trials", "baseline,nosuch"])
+            assert all(got[k] == v for k, v in before.items() if k not in changes | budget), name
+            # Each trial really changes the recipe (a size it already trains at would compare nothing).
+            assert name == "baseline" or any(before[k] != v for k, v in changes.items()), (model, name)
+        assert _flat(base) == before  # one base serves every trial
+    lite2 = oxford102.recipe_config("lite2")
+    assert recipe_trials.trial_changes(lite2, "train_size_plus_32") == {"data.image_size": 320}
+    assert recipe_trials.trial_changes(lite2, "fine_lr_x2") == {"stages.all.lr": 2 * lite2.stages.all.lr}
+    with pytest.raises(ValueError, match="trial 'typo'.*lrr"), pytest.MonkeyPatch.context() as m:
+        m.setitem(recipe_trials.TRIALS, "typo", {"stages.all.lrr": 1.0})
+        recipe_trials.trial_config(oxford102.recipe_config("lite0"), "typo", "/r", (1, 1))
+    for argv in (["--trials", "baseline,nosuch"], ["--trials", "baseline", "--test", "l2sp"]):
+        with pytest.raises(SystemExit):
+            recipe_trials.parse_args(argv)
 
 
 def test_recipe_trials_table_gives_each_trial_beside_the_baseline():
@@ -127,3 +136,56 @@ def test_recipe_trials_table_gives_each_trial_beside_the_baseline():
     assert len(lines) == 4 and lines[2].startswith("| baseline | (the recipe) | 0.9500 | +0.00 pts | 0.9400 |")
     assert "`optimizer.decay_to=pretrained`" in lines[3]
     assert "| 0.9612 | +1.12 pts | 0.9512 | 0.3000 | 0.9000 | 33 |" in lines[3]
+    alone = recipe_trials.table({"l2sp": result(0.9612)}, {"l2sp": recipe_trials.TRIALS["l2sp"]}).splitlines()
+    assert "| 0.9612 |  | 0.9512 |" in alone[2]  # no baseline run: no difference to show
+
+
+def test_recipe_trials_refuse_a_folder_trained_with_other_settings(smoke_workdir):
+    import json
+
+    import ml_collections
+    import pytest
+
+    from benchmarks import recipe_trials
+    from flowers_jax import checkpoint
+
+    manager, step = checkpoint.find(str(smoke_workdir), "latest")
+    saved = ml_collections.ConfigDict(json.loads(checkpoint.restore_meta(manager, step)["config"]))
+    recipe_trials.refuse_other_settings(saved, str(smoke_workdir))  # the settings it was trained with
+    saved.data.data_dir = "/elsewhere"  # the records moved: still the same run
+    recipe_trials.refuse_other_settings(saved, str(smoke_workdir))
+    saved.mixup_alpha = 0.2
+    with pytest.raises(SystemExit, match=r"other settings \(mixup_alpha: 0\.0 there, 0\.2 here\)"):
+        recipe_trials.refuse_other_settings(saved, str(smoke_workdir))
+
+
+def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named_one(monkeypatch, tmp_path, capsys):
+    import json
+    import sys
+
+    from benchmarks import recipe_trials
+    from flowers_jax import evaluation
+
+    trained, read = [], []
+
+    def fake_trial(config, workdir):
+        trained.append((workdir, config.mixup_alpha))
+        acc = 0.9 + 0.01 * len(trained)
+        return {"val": {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3}, "epochs": 2}
+
+    def fake_eval(config, workdir, which, split):
+        read.append((workdir, which, split, config.data.image_size, config.eval.calibration))
+        return {"accuracy": 0.8, "macro_f1": 0.79, "intervals": {}, "image_size": config.data.image_size}
+
+    monkeypatch.setattr(recipe_trials, "run_trial", fake_trial)
+    monkeypatch.setattr(evaluation, "choose_test_size", lambda config, workdir, which, sizes: (sizes[1], {}))
+    monkeypatch.setattr(evaluation, "run_eval", fake_eval)
+    argv = ["x", "--workdir", str(tmp_path), "--trials", "baseline,mixup_cutmix", "--test", "mixup_cutmix"]
+    monkeypatch.setattr(sys, "argv", argv)
+    recipe_trials.main()
+    assert trained == [(str(tmp_path / "baseline"), 0.0), (str(tmp_path / "mixup_cutmix"), 0.2)]
+    assert read == [(str(tmp_path / "mixup_cutmix"), "best", "test", 288, "off")]  # once, at val's size
+    out = json.loads((tmp_path / "trials.json").read_text())
+    assert out["changes"]["mixup_cutmix"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
+    assert "test" in out["trials"]["mixup_cutmix"] and "test" not in out["trials"]["baseline"]
+    assert "| mixup_cutmix |" in capsys.readouterr().out
