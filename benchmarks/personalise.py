@@ -130,7 +130,10 @@ def choose_on_val(o: dict, stats, species: np.ndarray, t: float) -> dict:
                 "added_loo": top1(loo_logits(1.0, margin), target),
             }
         )
-    margin = next((g["margin"] for g in grid if g["loss_upper_bound"] <= MAX_LOSS), MARGINS[-1])
+    margin = next((g["margin"] for g in grid if g["loss_upper_bound"] <= MAX_LOSS), None)
+    if margin is None:  # say so: the largest margin is then a fallback, not a choice that met the goal
+        margin = MARGINS[-1]
+        print(f"no margin of {MARGINS} keeps the trained classes' val loss within {MAX_LOSS:.0%}; using {margin}")
 
     def nll(log_scale: float) -> float:
         s = float(np.exp(log_scale))
