@@ -63,6 +63,15 @@ def output_name(model: str) -> str:
     return "oxford102" if model == "lite0" else f"oxford102_{model}"
 
 
+def with_budget(config, tfrecords: str, epochs_head: int, epochs_fine: int):
+    """A copy of a recipe `config` reading `tfrecords`, with its head and fine-tuning stages' epochs set."""
+    config = config.copy_and_resolve_references()
+    config.data.data_dir = tfrecords
+    head, fine = config.stage_order.split(",")
+    config.stages[head].epochs, config.stages[fine].epochs = epochs_head, epochs_fine
+    return config
+
+
 def convert(photos: str, tfrecords: str, size: int) -> None:
     if os.path.isdir(os.path.join(tfrecords, f"tfrecords-jpeg-{size}x{size}")):
         print(f"using the TFRecords in {tfrecords}", flush=True)
@@ -82,18 +91,14 @@ def run_ours(
 ) -> dict:
     from flowers_jax import chosen_size, evaluation, logs, page_eval, train
 
-    config = config.copy_and_resolve_references()
-    config.data.data_dir = tfrecords
-    head, fine = config.stage_order.split(",")
-    config.stages[head].epochs = epochs_head
-    config.stages[fine].epochs = epochs_fine
+    config = with_budget(config, tfrecords, epochs_head, epochs_fine)
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
     train_wall = time.perf_counter() - start
     test_at_train_size = evaluation.run_eval(config, workdir, "best", "test")
     train_size = config.data.image_size
     # Val chooses the test-time size and W/test_size.json records it (the exporter and the page-fed eval read it).
-    sizes = test_sizes or [train_size + d for d in (0, 32, 64)]
+    sizes = test_sizes or chosen_size.candidates(train_size)
     size, val_by_size = evaluation.choose_test_size(config, workdir, "best", sizes=sizes)
     # The test photos' original JPEGs fed as the web page feeds them, at that size: what a person gets.
     page_test = page_eval.run_page_eval(config, workdir, photos, "best", "test")

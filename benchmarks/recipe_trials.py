@@ -56,10 +56,9 @@ def trial_changes(base: ml_collections.ConfigDict, name: str) -> Changes:
 
 def trial_config(base: ml_collections.ConfigDict, name: str, tfrecords: str, epochs: tuple[int, int]):
     """A copy of `base` with trial `name`'s changes, the records and the epoch budget (head, fine)."""
-    config = base.copy_and_resolve_references()
-    config.data.data_dir = tfrecords
-    head, fine = config.stage_order.split(",")
-    config.stages[head].epochs, config.stages[fine].epochs = epochs
+    from benchmarks.oxford102 import with_budget
+
+    config = with_budget(base, tfrecords, *epochs)
     config.lock()  # a misspelt key is an error, not a new field
     try:
         config.update_from_flattened_dict(trial_changes(base, name))
@@ -149,8 +148,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from benchmarks import oxford102
-    from flowers_jax import evaluation
-    from flowers_jax.chosen_size import at_size
+    from flowers_jax import chosen_size, evaluation
 
     base = oxford102.recipe_config(args.model)
     epochs = (args.epochs_head, args.epochs_fine)
@@ -166,9 +164,9 @@ def main() -> None:
     print(table(results, changes))
     if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
         config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
-        s = config.data.image_size
-        size, _ = evaluation.choose_test_size(config, workdir, "best", sizes=[s, s + 32, s + 64])
-        test = evaluation.run_eval(at_size(config, size), workdir, "best", "test")
+        sizes = chosen_size.candidates(config.data.image_size)
+        size, _ = evaluation.choose_test_size(config, workdir, "best", sizes=sizes)
+        test = evaluation.run_eval(chosen_size.at_size(config, size), workdir, "best", "test")
         results[args.test]["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "intervals", "image_size")}
         print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")
     os.makedirs(args.workdir, exist_ok=True)

@@ -269,7 +269,7 @@ def main() -> None:
 
     config = recipe_config(args.model)
     config.data.data_dir = args.data_dir
-    sizes = [config.data.image_size + d for d in (0, 32, 64)]
+    sizes = chosen_size.candidates(config.data.image_size)
     variables, info = evaluation._load(config, args.workdir, "best")
     results: dict = {"diagnosis": diagnose(config, variables, sizes)}
     print("\nunder-confidence: accuracy, mean top probability, ECE and the T each split would fit")

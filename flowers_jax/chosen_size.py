@@ -37,6 +37,11 @@ class ChosenSizeError(ValueError):
     """A recorded test size that does not belong to the checkpoint asked about."""
 
 
+def candidates(trained_size: int) -> list[int]:
+    """The test-time sizes val chooses among by default: the training size S, S + 32 and S + 64."""
+    return [trained_size + d for d in (0, 32, 64)]
+
+
 def record(
     workdir: str,
     *,

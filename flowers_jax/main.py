@@ -95,7 +95,7 @@ def main(argv: list[str]) -> None:
 
 def _evaluate(config) -> None:
     """The modes that read a checkpoint: choose_size, eval (TFRecords or --photos), calibrate, predict."""
-    from flowers_jax import evaluation
+    from flowers_jax import chosen_size, evaluation
 
     workdir, which, split = (
         _WORKDIR.value,
@@ -111,8 +111,7 @@ def _evaluate(config) -> None:
     size = config_flags.get_override_values(flags.FLAGS["config"]).get("data.image_size")
     try:
         if _MODE.value == "choose_size":
-            s = config.data.image_size
-            sizes = [int(x) for x in _SIZES.value] if _SIZES.value else [s, s + 32, s + 64]
+            sizes = [int(x) for x in _SIZES.value] if _SIZES.value else chosen_size.candidates(config.data.image_size)
             evaluation.choose_test_size(config, workdir, which, sizes=sizes, split=split)
         elif _MODE.value == "eval" and _PHOTOS.value:
             from flowers_jax import page_eval
