@@ -74,21 +74,20 @@ def small_export(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     return small.make(tmp_path_factory.mktemp("export") / "web")
 
 
-# Fixtures that train a model or export one end to end: every test that requests one (directly or
-# through another fixture) is marked `slow`, so `pytest -m "not slow"` leaves it out of the quick
-# loop (pyproject.toml registers the marker). eight_device_run is tests/test_train.py's.
-SLOW_FIXTURES = frozenset({"smoke_workdir", "tiny_run", "small_export", "eight_device_run"})
-
-# The suite runs on pytest-xdist workers (pyproject.toml's addopts: `-n auto --dist loadgroup`), and
-# a session fixture lives once per worker: each test that shares a trained fixture joins that
-# fixture's xdist group, so one worker makes it once and runs all its users, while the others take
-# the rest. (tiny_run and eight_device_run are compared with each other, hence one group.)
+# Fixtures that train a model or export one end to end, shared by many tests. The suite runs on
+# pytest-xdist workers (pyproject.toml's addopts: `-n auto --dist loadgroup`), and a session fixture
+# lives once per worker: each test that uses one joins that fixture's xdist group, so one worker makes
+# it once and runs all its users while the others take the rest (tiny_run and eight_device_run are
+# compared with each other, hence one group). Every such test is also marked `slow`, so
+# `pytest -m "not slow"` leaves it out of the quick loop (pyproject.toml registers the marker).
+# eight_device_run is tests/test_train.py's.
 XDIST_GROUPS = {
     "smoke_workdir": "smoke",
     "tiny_run": "tiny",
     "eight_device_run": "tiny",
     "small_export": "export",
 }
+SLOW_FIXTURES = frozenset(XDIST_GROUPS)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups off the markers
