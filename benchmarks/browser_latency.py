@@ -43,6 +43,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 from skimage import data  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
 from benchmarks.sensitised import sensitised_variables  # noqa: E402
 from flowers_jax import models, pretrained  # noqa: E402
 from flowers_jax.export import browser, exporter, images  # noqa: E402
@@ -165,7 +166,7 @@ def main() -> None:
 
 def report(rows: list, extra: list, args: argparse.Namespace) -> None:
     print(
-        f"\nHeadless Chromium ({browser.chromium_path()}), {os.cpu_count()} CPU cores ({cpu_model()}), "
+        f"\nHeadless Chromium ({browser.chromium_path()}), {machine.describe()}, "
         f"{SIZE}x{SIZE} input, batch 1, median of {args.frames} frames; open: median of {args.opens} visits"
     )
     head = (
@@ -197,14 +198,6 @@ def report(rows: list, extra: list, args: argparse.Namespace) -> None:
         print(f"{name:<20}{backend:<28}{median:>10.1f} ms/frame")
     if any(b == "webgl" for _, b, _ in extra):
         print("(WebGL here is SwiftShader, a software renderer: not representative of a phone GPU.)")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

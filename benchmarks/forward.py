@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 
-from benchmarks import common
+from benchmarks import common, machine
 from flowers_jax import hugepages
 
 KERAS_TWIN = {"efficientnet_b0": "EfficientNetB0", "mobilenet_v2": "MobileNetV2", "efficientnet_lite0": None}
@@ -71,7 +70,7 @@ def main() -> None:
 
     print(
         f"forward images/s, batch {args.batch} at {args.size}x{args.size}, {jax.device_count()} x "
-        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
+        f"{jax.devices()[0].device_kind}, {machine.describe()}"
     )
     header = f"{'model':<20}{'flax':>10}" + "".join(
         f"{'keras-' + b:>18}{'ratio':>8}" for b in args.keras_backends.split(",")

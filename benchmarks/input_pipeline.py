@@ -30,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, machine
 from flowers_jax import data, hugepages
 from flowers_jax.data import fixtures, pipeline
 
@@ -87,7 +87,7 @@ def main() -> None:
         host_rate, device_rate = pipeline_rates(config, args.seconds)
     train_rate = step_rate(args.model, args.batch, args.size, args.seconds)
     print(
-        f"{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores; "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, {machine.describe()}; "
         f"{n_train} training records at {args.size}x{args.size} ({'synthetic' if args.synthetic else data_dir}); "
         f"batch {args.batch}"
     )

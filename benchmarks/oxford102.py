@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from benchmarks import machine
 from flowers_jax import hugepages
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -188,7 +189,7 @@ def main() -> None:
     print(
         f"\nOxford-102, {MODELS[args.model][1]}, records at {data['tfrecord_size'] or data['image_size']} px, ours "
         f"trained at {data['image_size']}, {time.strftime('%Y-%m-%d')}, {jax.device_count()} x "
-        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores; test = {ours['test']['examples']} photos"
+        f"{jax.devices()[0].device_kind}, {machine.describe()}; test = {ours['test']['examples']} photos"
     )
     print(
         f"{'recipe':<28}{'top-1':>8} {'95% interval':<18}{'top-5':>8}{'macro-F1':>10} {'95% interval':<18}"
@@ -211,7 +212,8 @@ def main() -> None:
     )
     print("s/epoch: median wall seconds of an epoch, its training and its validation pass (the first compiles)")
     with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump({"model": config.model, "ours": ours, "keras": keras, "date": time.strftime("%Y-%m-%d")}, f, indent=2)
+        results = {"model": config.model, "ours": ours, "keras": keras, "date": time.strftime("%Y-%m-%d")}
+        json.dump(results | {"machine": machine.cpu()}, f, indent=2)
 
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)

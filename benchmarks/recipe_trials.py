@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import ml_collections
 
+from benchmarks import machine
 from flowers_jax import hugepages
 
 # name -> the config fields it changes (flattened keys, as --config.KEY=VALUE spells them), or a function
@@ -160,7 +161,8 @@ def main() -> None:
     for name, config in configs.items():
         print(f"\n=== trial {name}: {changes[name] or 'the recipe'}", flush=True)
         results[name] = run_trial(config, os.path.join(args.workdir, name))
-    print(f"\n{oxford102.MODELS[args.model][1]}, {epochs[0]} head + {epochs[1]} fine epochs, val at the training size:")
+    name = oxford102.MODELS[args.model][1]
+    print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val at the training size:")
     print(table(results, changes))
     if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
         config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
@@ -171,7 +173,11 @@ def main() -> None:
         print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "trials.json"), "w") as f:
-        json.dump({"model": base.model, "epochs": epochs, "changes": changes, "trials": results}, f, indent=2)
+        json.dump(
+            {"model": base.model, "epochs": epochs, "changes": changes, "trials": results, "machine": machine.cpu()},
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import argparse
 import jax
 import numpy as np
 
-from benchmarks import common
+from benchmarks import common, machine
 from flowers_jax import distributed, hugepages
 
 
@@ -61,7 +61,7 @@ def main() -> None:
 
     print(
         f"train step, {args.model}, global batch {args.batch} at {args.size}x{args.size}, {n} x "
-        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores, median of {args.steps} steps"
+        f"{jax.devices()[0].device_kind}, {machine.describe()}, median of {args.steps} steps"
     )
     print(f"{'jit over mesh':<16}{t_jit * 1000:>10.1f} ms/step {args.batch / t_jit:>8.1f} img/s")
     print(f"{'pmap':<16}{t_pmap * 1000:>10.1f} ms/step {args.batch / t_pmap:>8.1f} img/s")

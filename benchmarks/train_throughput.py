@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -115,9 +114,11 @@ def main() -> None:
 
     import jax
 
+    from benchmarks import machine
+
     print(
         f"training images/s, batch {args.batch} at {args.size}x{args.size}, {jax.device_count()} x "
-        f"{jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores"
+        f"{jax.devices()[0].device_kind}, {machine.describe()}"
     )
     from benchmarks import common
     from flowers_jax import models

@@ -189,3 +189,20 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     assert out["changes"]["mixup_cutmix"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
     assert "test" in out["trials"]["mixup_cutmix"] and "test" not in out["trials"]["baseline"]
     assert "| mixup_cutmix |" in capsys.readouterr().out
+
+
+def test_machine_names_the_cpu_and_whether_it_has_avx512(tmp_path):
+    from benchmarks import machine
+
+    path = tmp_path / "cpuinfo"
+    for flags, avx512, says in (
+        ("fpu sse2 avx2 avx512f avx512bw", True, ", AVX-512)"),
+        ("fpu avx2", False, ", no AVX-512)"),
+    ):
+        path.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        info = machine.cpu(str(path))
+        assert (info["cpu_model"], info["avx512"]) == ("AMD EPYC 9B14", avx512)
+        assert machine.describe(info).endswith(f"(AMD EPYC 9B14{says}")
+    info = machine.cpu(str(tmp_path / "absent"))  # not Linux: stated as unknown, not guessed
+    assert (info["cpu_model"], info["avx512"]) == ("unknown CPU", None)
+    assert machine.describe(info).endswith("(unknown CPU)")
