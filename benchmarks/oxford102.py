@@ -145,7 +145,7 @@ def run_keras(config, tfrecords: str, workdir: str, epochs_head: int, epochs_fin
 
 
 def _row(name: str, test: dict, epoch_seconds: list[float], epochs: int) -> str:
-    ci = test.get("intervals")  # eval's 95% bootstrap intervals (the Keras recipe's report has none)
+    ci = test.get("intervals")  # 95% bootstrap intervals (absent from a Keras report written before they were added)
     spans = [f"[{ci[k][0]:.4f}, {ci[k][1]:.4f}]" if ci else "" for k in ("accuracy", "macro_f1")]
     return (
         f"{name:<28}{test['accuracy']:>8.4f} {spans[0]:<18}{test['top5_accuracy']:>8.4f}{test['macro_f1']:>10.4f} "
