@@ -13,6 +13,12 @@ smoothing move it. Every trial gets the same epoch budget (--epochs-*), the base
 short screening budget still compares like with like. `--test NAME` reads the test split, once, for
 the trial this table chose; nothing else here reads test. Prints the table and writes
 <workdir>/trials.json.
+
+`--record FILE` (e.g. docs/results/recipe_trials_lite0.json) keeps the figures across runs: each trial's
+val figures are merged into FILE as soon as it finishes, with its date, commit and machine, and the table
+shows every trial FILE holds. A full-budget table is hours of CPU (each trial is a whole training), more
+than one sitting, so it can be filled a few trials at a time; FILE refuses another model, epoch budget or
+an edited trial's figures, which would not compare.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable
 
@@ -110,8 +117,9 @@ def table(results: dict[str, dict], changes: dict[str, dict]) -> str:
     """The markdown table of `results` (name -> run_trial's dict), the baseline's top-1 as the reference."""
     base = results.get("baseline", {}).get("val", {}).get("accuracy")
     rows = [
-        "| trial | changes | val top-1 | vs baseline | val macro-F1 | val ECE (T = 1) | val NLL (T = 1) | epochs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| trial | changes | val top-1 | vs baseline | val macro-F1 | val ECE (T = 1) | val NLL (T = 1) | epochs "
+        "| measured |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         v = r["val"]
@@ -119,9 +127,67 @@ def table(results: dict[str, dict], changes: dict[str, dict]) -> str:
         spelled = ", ".join(f"`{k}={x}`" for k, x in changes[name].items()) or "(the recipe)"
         rows.append(
             f"| {name} | {spelled} | {v['accuracy']:.4f} | {delta} | {v['macro_f1']:.4f} | {v['ece']:.4f} | "
-            f"{v['nll']:.4f} | {r['epochs']} |"
+            f"{v['nll']:.4f} | {r['epochs']} | {_measured(r)} |"
         )
     return "\n".join(rows)
+
+
+def _measured(result: dict) -> str:
+    """'2026-12-07, `abc1234`, 2 CPU cores (...)' from a result's provenance ('' where it has none)."""
+    where = result.get("provenance")
+    return f"{where['date']}, `{where['commit']}`, {machine.describe(where['machine'])}" if where else ""
+
+
+def provenance() -> dict:
+    """When, at which commit (with "+changes" for a tree that differs from it) and on what it was measured."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        commit = head.stdout.strip() if head.returncode == 0 else "unknown"
+        if commit != "unknown" and git("diff", "--quiet", "HEAD", "--", ".").returncode != 0:
+            commit += "+changes"
+    except OSError:  # no git
+        commit = "unknown"
+    return {"date": time.strftime("%Y-%m-%d"), "commit": commit, "machine": machine.cpu()}
+
+
+def load_record(path: str, model: str, epochs: tuple[int, int], changes: dict[str, Changes]) -> dict[str, dict]:
+    """The trials `path` holds (name -> result), {} when it does not exist. A record of another model or
+    budget, or of a trial whose changes differ from `changes` (TRIALS was edited since), is refused."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        held, trials = (record["model"], list(record["epochs"])), record["trials"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SystemExit(f"--record {path}: not a trials record ({e}); move it aside or name another file") from None
+    if held != (model, list(epochs)):
+        raise SystemExit(
+            f"--record {path} holds {held[0]} trials at {held[1]} epochs (head, fine), not {model} at "
+            f"{list(epochs)}: their figures would not compare; name another file"
+        )
+    for name, result in trials.items():
+        if name in changes and result.get("changes") != changes[name]:
+            raise SystemExit(
+                f"--record {path}: trial {name!r} was measured with {result.get('changes')}, TRIALS now says "
+                f"{changes[name]}; rerun it with --trials {name} into a new record, or remove it from {path}"
+            )
+    return trials
+
+
+def save_record(path: str, model: str, epochs: tuple[int, int], trials: dict[str, dict]) -> None:
+    """Writes the record whole, through a temporary file: a run stopped mid-write leaves the old one."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"model": model, "epochs": list(epochs), "trials": trials}, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -135,6 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs-head", type=int, default=8)
     parser.add_argument("--epochs-fine", type=int, default=25)
     parser.add_argument("--test", default="", help="read test once for this trial (the one val chose)")
+    parser.add_argument("--record", default="", help="a JSON file that keeps every trial's val figures across runs")
     args = parser.parse_args(argv)
     args.workdir = args.workdir or os.path.join("workdirs", f"trials_{args.model}")
     args.trials = [t for t in args.trials.split(",") if t]
@@ -157,13 +224,21 @@ def main() -> None:
     configs = {n: trial_config(base, n, args.tfrecords, epochs) for n in args.trials}  # all checked first
     for name, config in configs.items():
         refuse_other_settings(config, os.path.join(args.workdir, name))
+    recorded = load_record(args.record, base.model, epochs, changes)
     results = {}
     for name, config in configs.items():
         print(f"\n=== trial {name}: {changes[name] or 'the recipe'}", flush=True)
-        results[name] = run_trial(config, os.path.join(args.workdir, name))
+        results[name] = run_trial(config, os.path.join(args.workdir, name)) | {
+            "changes": changes[name],
+            "provenance": provenance(),
+        }
+        if args.record:  # kept as soon as it is measured: a stopped session loses only the trial under way
+            recorded[name] = results[name]
+            save_record(args.record, base.model, epochs, recorded)
+    shown = {n: (results | recorded)[n] for n in TRIALS if n in results or n in recorded}
     name = oxford102.MODELS[args.model][1]
     print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val at the training size:")
-    print(table(results, changes))
+    print(table(shown, {n: r["changes"] for n, r in shown.items()}))
     if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
         config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
         sizes = chosen_size.candidates(config.data.image_size)
@@ -171,6 +246,9 @@ def main() -> None:
         test = evaluation.run_eval(chosen_size.at_size(config, size), workdir, "best", "test")
         results[args.test]["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "intervals", "image_size")}
         print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")
+        if args.record:
+            recorded[args.test] = results[args.test]
+            save_record(args.record, base.model, epochs, recorded)
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "trials.json"), "w") as f:
         json.dump(

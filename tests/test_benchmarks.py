@@ -191,6 +191,52 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     assert "| mixup_cutmix |" in capsys.readouterr().out
 
 
+def test_recipe_trials_record_keeps_trials_across_runs_and_refuses_what_would_not_compare(
+    monkeypatch, tmp_path, capsys
+):
+    import json
+    import sys
+
+    import pytest
+
+    from benchmarks import recipe_trials
+
+    def fake_trial(config, workdir):
+        acc = {0.0: 0.95, 0.2: 0.96}[config.mixup_alpha]
+        return {"val": {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3}, "epochs": 2}
+
+    monkeypatch.setattr(recipe_trials, "run_trial", fake_trial)
+    record = tmp_path / "record.json"
+
+    def run(*extra):
+        argv = ["x", "--workdir", str(tmp_path / "w"), "--record", str(record), "--epochs-fine", "3", *extra]
+        monkeypatch.setattr(sys, "argv", argv)
+        recipe_trials.main()
+        return capsys.readouterr().out
+
+    run("--trials", "baseline")
+    out = run("--trials", "mixup_cutmix")  # another sitting: the baseline comes from the record
+    held = json.loads(record.read_text())
+    assert sorted(held["trials"]) == ["baseline", "mixup_cutmix"] and held["epochs"] == [8, 3]
+    assert held["trials"]["baseline"]["provenance"]["date"] and "machine" in held["trials"]["baseline"]["provenance"]
+    assert "| baseline | (the recipe) | 0.9500 | +0.00 pts |" in out
+    assert "| mixup_cutmix |" in out and "| 0.9600 | +1.00 pts |" in out
+    with pytest.raises(
+        SystemExit, match=r"efficientnet_lite0 trials at \[8, 3\] epochs .* not efficientnet_lite0 at \[8, 4\]"
+    ):
+        monkeypatch.setattr(
+            sys, "argv", ["x", "--workdir", str(tmp_path / "w"), "--record", str(record)] + ["--epochs-fine", "4"]
+        )
+        recipe_trials.main()
+    monkeypatch.setitem(recipe_trials.TRIALS, "mixup_cutmix", {"mixup_alpha": 0.2, "cutmix_alpha": 0.5})  # edited since
+    with pytest.raises(SystemExit, match=r"trial 'mixup_cutmix' was measured with .*cutmix_alpha': 1\.0"):
+        run("--trials", "mixup_cutmix")
+    assert sorted(json.loads(record.read_text())["trials"]) == ["baseline", "mixup_cutmix"]  # nothing lost
+    record.write_text("{not json")
+    with pytest.raises(SystemExit, match=r"not a trials record"):
+        run("--trials", "baseline")
+
+
 def test_machine_names_the_cpu_and_whether_it_has_avx512(tmp_path):
     from benchmarks import machine
 
