@@ -213,7 +213,8 @@ def main() -> None:
     print("s/epoch: median wall seconds of an epoch, its training and its validation pass (the first compiles)")
     with open(os.path.join(workdir, "results.json"), "w") as f:
         results = {"model": config.model, "ours": ours, "keras": keras, "date": time.strftime("%Y-%m-%d")}
-        json.dump(results | {"machine": machine.cpu()}, f, indent=2)
+        results["machine"] = machine.cpu()
+        json.dump(results, f, indent=2)
 
     if args.figures:
         os.makedirs(args.figures, exist_ok=True)
