@@ -10,7 +10,8 @@ rerun resumes an unfinished trial and skips a finished one; a folder trained wit
 refused), then read on val only, at the training size: the best checkpoint's top-1 and macro-F1
 (macro-F1 chose the checkpoint) and its calibration at T = 1 (ECE, NLL), since mixup and label
 smoothing move it. Every trial gets the same epoch budget (--epochs-*), the baseline included, so a
-short screening budget still compares like with like. `--test NAME` reads the test split, once, for
+short screening budget still compares like with like; fine_epochs_x1.5, whose change is the schedule's
+length, gets the budget's fine-tuning epochs times 1.5. `--test NAME` reads the test split, once, for
 the trial this table chose; nothing else here reads test. Prints the table and writes
 <workdir>/trials.json.
 
@@ -36,7 +37,7 @@ from benchmarks import machine
 from flowers_jax import hugepages
 
 # name -> the config fields it changes (flattened keys, as --config.KEY=VALUE spells them), or a function
-# of the model's recipe config giving them (changes relative to the recipe's own values).
+# of the model's recipe config at the run's epoch budget giving them (changes relative to its own values).
 Changes = dict[str, object]
 TRIALS: dict[str, Changes | Callable[[ml_collections.ConfigDict], Changes]] = {
     "baseline": {},
@@ -48,6 +49,9 @@ TRIALS: dict[str, Changes | Callable[[ml_collections.ConfigDict], Changes]] = {
     "no_label_smoothing": {"label_smoothing": 0.0},
     "fine_lr_x2": lambda c: {f"stages.{_fine(c)}.lr": 2 * c.stages[_fine(c)].lr},
     "train_size_plus_32": lambda c: {"data.image_size": c.data.image_size + 32},
+    # The schedule's length: the one trial given more epochs than the budget, so its figures say what
+    # the budget leaves on the table.
+    "fine_epochs_x1.5": lambda c: {f"stages.{_fine(c)}.epochs": round(1.5 * c.stages[_fine(c)].epochs)},
 }
 
 
@@ -57,7 +61,7 @@ def _fine(config: ml_collections.ConfigDict) -> str:
 
 
 def trial_changes(base: ml_collections.ConfigDict, name: str) -> Changes:
-    """The fields trial `name` changes in `base`, with their values."""
+    """The fields trial `name` changes in `base` (a recipe at its epoch budget), with their values."""
     changes = TRIALS[name]
     return dict(changes(base) if callable(changes) else changes)
 
@@ -69,7 +73,7 @@ def trial_config(base: ml_collections.ConfigDict, name: str, tfrecords: str, epo
     config = with_budget(base, tfrecords, *epochs)
     config.lock()  # a misspelt key is an error, not a new field
     try:
-        config.update_from_flattened_dict(trial_changes(base, name))
+        config.update_from_flattened_dict(trial_changes(config, name))
     except (KeyError, TypeError) as e:
         raise ValueError(f"trial {name!r}: {e}") from None
     return config
@@ -220,7 +224,7 @@ def main() -> None:
 
     base = oxford102.recipe_config(args.model)
     epochs = (args.epochs_head, args.epochs_fine)
-    changes = {n: trial_changes(base, n) for n in args.trials}
+    changes = {n: trial_changes(oxford102.with_budget(base, args.tfrecords, *epochs), n) for n in args.trials}
     configs = {n: trial_config(base, n, args.tfrecords, epochs) for n in args.trials}  # all checked first
     for name, config in configs.items():
         refuse_other_settings(config, os.path.join(args.workdir, name))

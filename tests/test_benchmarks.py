@@ -104,17 +104,23 @@ def test_every_recipe_trial_changes_every_model_s_recipe_and_a_misspelt_one_is_r
     for model in oxford102.MODELS:
         base = oxford102.recipe_config(model)
         before = _flat(base)
+        budgeted = _flat(oxford102.with_budget(base, "/records", 2, 3))
         for name in recipe_trials.TRIALS:
-            changes = recipe_trials.trial_changes(base, name)
+            changes = recipe_trials.trial_changes(oxford102.with_budget(base, "/records", 2, 3), name)
             got = _flat(recipe_trials.trial_config(base, name, "/records", (2, 3)))
-            assert {k: got[k] for k in changes | budget} == changes | budget, name
-            assert all(got[k] == v for k, v in before.items() if k not in changes | budget), name
-            # Each trial really changes the recipe (a size it already trains at would compare nothing).
-            assert name == "baseline" or any(before[k] != v for k, v in changes.items()), (model, name)
+            assert {k: got[k] for k in budget | changes} == budget | changes, name
+            assert all(got[k] == v for k, v in before.items() if k not in budget | changes), name
+            # Each trial really changes the budgeted recipe (a size it already trains at would compare nothing).
+            assert name == "baseline" or any(budgeted[k] != v for k, v in changes.items()), (model, name)
         assert _flat(base) == before  # one base serves every trial
     lite2 = oxford102.recipe_config("lite2")
     assert recipe_trials.trial_changes(lite2, "train_size_plus_32") == {"data.image_size": 320}
     assert recipe_trials.trial_changes(lite2, "fine_lr_x2") == {"stages.all.lr": 2 * lite2.stages.all.lr}
+    # The schedule trial's epochs follow the budget it runs at, not the recipe's own.
+    assert recipe_trials.trial_changes(oxford102.with_budget(lite2, "/r", 8, 25), "fine_epochs_x1.5") == {
+        "stages.all.epochs": 38
+    }
+    assert _flat(recipe_trials.trial_config(lite2, "fine_epochs_x1.5", "/r", (2, 4)))["stages.all.epochs"] == 6
     with pytest.raises(ValueError, match="trial 'typo'.*lrr"), pytest.MonkeyPatch.context() as m:
         m.setitem(recipe_trials.TRIALS, "typo", {"stages.all.lrr": 1.0})
         recipe_trials.trial_config(oxford102.recipe_config("lite0"), "typo", "/r", (1, 1))
