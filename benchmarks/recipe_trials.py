@@ -117,8 +117,9 @@ def run_trial(config, workdir: str) -> dict:
     return {"val": {k: val[k] for k in keep}, "epochs": len(epochs), "seconds_this_call": time.perf_counter() - start}
 
 
-def table(results: dict[str, dict], changes: dict[str, dict]) -> str:
-    """The markdown table of `results` (name -> run_trial's dict), the baseline's top-1 as the reference."""
+def table(results: dict[str, dict]) -> str:
+    """The markdown table of `results` (name -> run_trial's dict with its "changes"), the baseline's top-1
+    as the reference."""
     base = results.get("baseline", {}).get("val", {}).get("accuracy")
     rows = [
         "| trial | changes | val top-1 | vs baseline | val macro-F1 | val ECE (T = 1) | val NLL (T = 1) | epochs "
@@ -128,7 +129,7 @@ def table(results: dict[str, dict], changes: dict[str, dict]) -> str:
     for name, r in results.items():
         v = r["val"]
         delta = f"{100 * (v['accuracy'] - base):+.2f} pts" if base is not None else ""
-        spelled = ", ".join(f"`{k}={x}`" for k, x in changes[name].items()) or "(the recipe)"
+        spelled = ", ".join(f"`{k}={x}`" for k, x in r["changes"].items()) or "(the recipe)"
         rows.append(
             f"| {name} | {spelled} | {v['accuracy']:.4f} | {delta} | {v['macro_f1']:.4f} | {v['ece']:.4f} | "
             f"{v['nll']:.4f} | {r['epochs']} | {_measured(r)} |"
@@ -242,7 +243,7 @@ def main() -> None:
     shown = {n: (results | recorded)[n] for n in TRIALS if n in results or n in recorded}
     name = oxford102.MODELS[args.model][1]
     print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val at the training size:")
-    print(table(shown, {n: r["changes"] for n, r in shown.items()}))
+    print(table(shown))
     if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
         config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
         sizes = chosen_size.candidates(config.data.image_size)
@@ -256,7 +257,7 @@ def main() -> None:
     os.makedirs(args.workdir, exist_ok=True)
     with open(os.path.join(args.workdir, "trials.json"), "w") as f:
         json.dump(
-            {"model": base.model, "epochs": epochs, "changes": changes, "trials": results, "machine": machine.cpu()},
+            {"model": base.model, "epochs": epochs, "trials": results, "machine": machine.cpu()},
             f,
             indent=2,
         )

@@ -132,17 +132,18 @@ def test_every_recipe_trial_changes_every_model_s_recipe_and_a_misspelt_one_is_r
 def test_recipe_trials_table_gives_each_trial_beside_the_baseline():
     from benchmarks import recipe_trials
 
-    def result(acc):
-        return {"val": {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.3, "nll": 0.9}, "epochs": 33}
+    def result(acc, changes):
+        return {"val": {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.3, "nll": 0.9}, "epochs": 33} | {
+            "changes": changes
+        }
 
-    text = recipe_trials.table(
-        {"baseline": result(0.95), "l2sp": result(0.9612)}, {"baseline": {}, "l2sp": recipe_trials.TRIALS["l2sp"]}
-    )
+    l2sp = result(0.9612, recipe_trials.TRIALS["l2sp"])
+    text = recipe_trials.table({"baseline": result(0.95, {}), "l2sp": l2sp})
     lines = text.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| baseline | (the recipe) | 0.9500 | +0.00 pts | 0.9400 |")
     assert "`optimizer.decay_to=pretrained`" in lines[3]
     assert "| 0.9612 | +1.12 pts | 0.9512 | 0.3000 | 0.9000 | 33 |" in lines[3]
-    alone = recipe_trials.table({"l2sp": result(0.9612)}, {"l2sp": recipe_trials.TRIALS["l2sp"]}).splitlines()
+    alone = recipe_trials.table({"l2sp": l2sp}).splitlines()
     assert "| 0.9612 |  | 0.9512 |" in alone[2]  # no baseline run: no difference to show
 
 
@@ -192,7 +193,7 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     assert trained == [(str(tmp_path / "baseline"), 0.0), (str(tmp_path / "mixup_cutmix"), 0.2)]
     assert read == [(str(tmp_path / "mixup_cutmix"), "best", "test", 288, "off")]  # once, at val's size
     out = json.loads((tmp_path / "trials.json").read_text())
-    assert out["changes"]["mixup_cutmix"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
+    assert out["trials"]["mixup_cutmix"]["changes"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
     assert "test" in out["trials"]["mixup_cutmix"] and "test" not in out["trials"]["baseline"]
     assert "| mixup_cutmix |" in capsys.readouterr().out
 
