@@ -7,12 +7,16 @@
 Each trial is the model's recipe (benchmarks/oxford102.py --model: its config in configs/) with the
 changes TRIALS names (some relative to the recipe's own values), trained into <workdir>/<name> (a
 rerun resumes an unfinished trial and skips a finished one; a folder trained with other settings is
-refused), then read on val only, at the training size: the best checkpoint's top-1 and macro-F1
+refused), then read on val only: at the training size, the best checkpoint's top-1 and macro-F1
 (macro-F1 chose the checkpoint) and its calibration at T = 1 (ECE, NLL), since mixup and label
-smoothing move it. Every trial gets the same epoch budget (--epochs-*), the baseline included, so a
+smoothing move it; and its top-1 at the test-time size val chooses for it among the training size,
++32 and +64 (FixRes, as every run's model is used: the figure to choose a trial by, since a trial that
+trains at another size is otherwise read at another size than the baseline).
+
+Every trial gets the same epoch budget (--epochs-*), the baseline included, so a
 short screening budget still compares like with like; fine_epochs_x1.5, whose change is the schedule's
-length, gets the budget's fine-tuning epochs times 1.5. `--test NAME` reads the test split, once, for
-the trial this table chose; nothing else here reads test. Prints the table and writes
+length, gets the budget's fine-tuning epochs times 1.5. `--test NAME` reads the test split, once, at val's
+size, for the trial this table chose; nothing else here reads test. Prints the table and writes
 <workdir>/trials.json.
 
 `--record FILE` (e.g. docs/results/recipe_trials_lite0.json) keeps the figures across runs: each trial's
@@ -106,33 +110,52 @@ def refuse_other_settings(config: ml_collections.ConfigDict, workdir: str) -> No
 
 
 def run_trial(config, workdir: str) -> dict:
-    """Trains (or resumes, or finds finished) `config` in `workdir`; returns its val figures."""
-    from flowers_jax import evaluation, logs, train
+    """Trains (or resumes, or finds finished) `config` in `workdir`; returns its val figures: at the
+    training size, and at the test-time size val chooses for it (as every run's model is used), since
+    a trial that changes the training size is otherwise read at another size than the baseline."""
+    from flowers_jax import chosen_size, evaluation, logs, train
 
     start = time.perf_counter()
     train.train_and_evaluate(config, workdir)
-    val = evaluation.run_eval(_uncalibrated(config), workdir, "best", "val")
+    config = _uncalibrated(config)
+    val = evaluation.run_eval(config, workdir, "best", "val")
+    size, by_size = evaluation.choose_test_size(
+        config, workdir, "best", sizes=chosen_size.candidates(config.data.image_size)
+    )
     epochs = [r for r in logs.read_metrics(workdir) if r["split"] == "val" and "train_seconds" in r]
     keep = ("accuracy", "macro_f1", "ece", "nll", "checkpoint_step", "intervals")
-    return {"val": {k: val[k] for k in keep}, "epochs": len(epochs), "seconds_this_call": time.perf_counter() - start}
+    return {
+        "val": {k: val[k] for k in keep},
+        "val_at_test_size": {"image_size": size, "accuracy": by_size[size], "candidates": by_size},
+        "epochs": len(epochs),
+        "seconds_this_call": time.perf_counter() - start,
+    }
 
 
 def table(results: dict[str, dict]) -> str:
-    """The markdown table of `results` (name -> run_trial's dict with its "changes"), the baseline's top-1
-    as the reference."""
-    base = results.get("baseline", {}).get("val", {}).get("accuracy")
+    """The markdown table of `results` (name -> run_trial's dict with its "changes"), each top-1 beside
+    the baseline's (blank where a result lacks a figure: a record measured before it existed)."""
+
+    def top1(result: dict, key: str) -> float | None:
+        return result.get(key, {}).get("accuracy")
+
+    def vs_baseline(result: dict, key: str) -> str:
+        here, there = top1(result, key), top1(results.get("baseline", {}), key)
+        return f"{100 * (here - there):+.2f} pts" if None not in (here, there) else ""
+
     rows = [
-        "| trial | changes | val top-1 | vs baseline | val macro-F1 | val ECE (T = 1) | val NLL (T = 1) | epochs "
-        "| measured |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| trial | changes | val top-1 | vs baseline | val top-1 at val's test size | vs baseline | val macro-F1 "
+        "| val ECE (T = 1) | val NLL (T = 1) | epochs | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        v = r["val"]
-        delta = f"{100 * (v['accuracy'] - base):+.2f} pts" if base is not None else ""
+        v, sized = r["val"], r.get("val_at_test_size")
         spelled = ", ".join(f"`{k}={x}`" for k, x in r["changes"].items()) or "(the recipe)"
+        at_size = f"{sized['accuracy']:.4f} at {sized['image_size']}" if sized else ""
         rows.append(
-            f"| {name} | {spelled} | {v['accuracy']:.4f} | {delta} | {v['macro_f1']:.4f} | {v['ece']:.4f} | "
-            f"{v['nll']:.4f} | {r['epochs']} | {_measured(r)} |"
+            f"| {name} | {spelled} | {v['accuracy']:.4f} | {vs_baseline(r, 'val')} | {at_size} | "
+            f"{vs_baseline(r, 'val_at_test_size')} | {v['macro_f1']:.4f} | {v['ece']:.4f} | {v['nll']:.4f} | "
+            f"{r['epochs']} | {_measured(r)} |"
         )
     return "\n".join(rows)
 
@@ -242,12 +265,11 @@ def main() -> None:
             save_record(args.record, base.model, epochs, recorded)
     shown = {n: (results | recorded)[n] for n in TRIALS if n in results or n in recorded}
     name = oxford102.MODELS[args.model][1]
-    print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val at the training size:")
+    print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val only:")
     print(table(shown))
-    if args.test:  # as benchmarks/oxford102.py: val picks the test-time size, then test is read once
+    if args.test:  # as benchmarks/oxford102.py: test is read once, at the size val chose (run_trial)
         config, workdir = _uncalibrated(configs[args.test]), os.path.join(args.workdir, args.test)
-        sizes = chosen_size.candidates(config.data.image_size)
-        size, _ = evaluation.choose_test_size(config, workdir, "best", sizes=sizes)
+        size = results[args.test]["val_at_test_size"]["image_size"]
         test = evaluation.run_eval(chosen_size.at_size(config, size), workdir, "best", "test")
         results[args.test]["test"] = {k: test[k] for k in ("accuracy", "macro_f1", "intervals", "image_size")}
         print(f"test, read once for {args.test} at {size} px (val's choice): top-1 {test['accuracy']:.4f}")

@@ -132,19 +132,24 @@ def test_every_recipe_trial_changes_every_model_s_recipe_and_a_misspelt_one_is_r
 def test_recipe_trials_table_gives_each_trial_beside_the_baseline():
     from benchmarks import recipe_trials
 
-    def result(acc, changes):
-        return {"val": {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.3, "nll": 0.9}, "epochs": 33} | {
-            "changes": changes
-        }
+    def result(acc, changes, at_size=None):
+        r = {"val": {"accuracy": acc, "macro_f1": acc - 0.01, "ece": 0.3, "nll": 0.9}, "epochs": 33}
+        if at_size:
+            r["val_at_test_size"] = {"image_size": at_size[0], "accuracy": at_size[1]}
+        return r | {"changes": changes}
 
-    l2sp = result(0.9612, recipe_trials.TRIALS["l2sp"])
-    text = recipe_trials.table({"baseline": result(0.95, {}), "l2sp": l2sp})
+    l2sp = result(0.9612, recipe_trials.TRIALS["l2sp"], (320, 0.9650))
+    text = recipe_trials.table({"baseline": result(0.95, {}, (288, 0.9550)), "l2sp": l2sp})
     lines = text.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| baseline | (the recipe) | 0.9500 | +0.00 pts | 0.9400 |")
+    assert len(lines) == 4
+    assert lines[2].startswith("| baseline | (the recipe) | 0.9500 | +0.00 pts | 0.9550 at 288 | +0.00 pts | 0.9400 |")
     assert "`optimizer.decay_to=pretrained`" in lines[3]
-    assert "| 0.9612 | +1.12 pts | 0.9512 | 0.3000 | 0.9000 | 33 |" in lines[3]
+    assert "| 0.9612 | +1.12 pts | 0.9650 at 320 | +1.00 pts | 0.9512 | 0.3000 | 0.9000 | 33 |" in lines[3]
     alone = recipe_trials.table({"l2sp": l2sp}).splitlines()
-    assert "| 0.9612 |  | 0.9512 |" in alone[2]  # no baseline run: no difference to show
+    assert "| 0.9612 |  | 0.9650 at 320 |  | 0.9512 |" in alone[2]  # no baseline run: no difference to show
+    # A trial recorded before the test-size figure existed: that column blank, the rest as measured.
+    older = recipe_trials.table({"baseline": result(0.95, {}, (288, 0.9550)), "l2sp": result(0.9612, {})})
+    assert "| 0.9612 | +1.12 pts |  |  | 0.9512 |" in older.splitlines()[3]
 
 
 def test_recipe_trials_refuse_a_folder_trained_with_other_settings(smoke_workdir):
@@ -168,31 +173,41 @@ def test_recipe_trials_refuse_a_folder_trained_with_other_settings(smoke_workdir
 
 def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named_one(monkeypatch, tmp_path, capsys):
     import json
+    import os
     import sys
 
     from benchmarks import recipe_trials
-    from flowers_jax import evaluation
+    from flowers_jax import evaluation, train
 
     trained, read = [], []
 
-    def fake_trial(config, workdir):
+    def fake_train(config, workdir):
         trained.append((workdir, config.mixup_alpha))
-        acc = 0.9 + 0.01 * len(trained)
-        return {"val": {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3}, "epochs": 2}
+        os.makedirs(workdir)  # the real one makes it
 
     def fake_eval(config, workdir, which, split):
-        read.append((workdir, which, split, config.data.image_size, config.eval.calibration))
-        return {"accuracy": 0.8, "macro_f1": 0.79, "intervals": {}, "image_size": config.data.image_size}
+        size = config.data.image_size
+        read.append((workdir, which, split, size, config.eval.calibration))
+        acc = {256: 0.90, 288: 0.93, 320: 0.92}[size] + 0.01 * len(trained)  # val prefers 288 for both
+        figures = {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3, "checkpoint_step": 7}
+        return figures | {"intervals": {}, "image_size": size}
 
-    monkeypatch.setattr(recipe_trials, "run_trial", fake_trial)
-    monkeypatch.setattr(evaluation, "choose_test_size", lambda config, workdir, which, sizes: (sizes[1], {}))
+    monkeypatch.setattr(train, "train_and_evaluate", fake_train)
     monkeypatch.setattr(evaluation, "run_eval", fake_eval)
     argv = ["x", "--workdir", str(tmp_path), "--trials", "baseline,mixup_cutmix", "--test", "mixup_cutmix"]
     monkeypatch.setattr(sys, "argv", argv)
     recipe_trials.main()
     assert trained == [(str(tmp_path / "baseline"), 0.0), (str(tmp_path / "mixup_cutmix"), 0.2)]
-    assert read == [(str(tmp_path / "mixup_cutmix"), "best", "test", 288, "off")]  # once, at val's size
+    # Each trial read on val, uncalibrated, at its training size and at the three it chooses among;
+    # test once, at val's size.
+    mixup = str(tmp_path / "mixup_cutmix")
+    val_reads = [
+        (w, "best", "val", size, "off") for w in (str(tmp_path / "baseline"), mixup) for size in (256, 256, 288, 320)
+    ]
+    assert read == val_reads + [(mixup, "best", "test", 288, "off")]
     out = json.loads((tmp_path / "trials.json").read_text())
+    assert out["trials"]["baseline"]["val_at_test_size"]["image_size"] == 288
+    assert json.loads((tmp_path / "baseline" / "test_size.json").read_text())["image_size"] == 288
     assert out["trials"]["mixup_cutmix"]["changes"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
     assert "test" in out["trials"]["mixup_cutmix"] and "test" not in out["trials"]["baseline"]
     assert "| mixup_cutmix |" in capsys.readouterr().out
