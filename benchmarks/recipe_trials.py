@@ -248,7 +248,8 @@ def main() -> None:
 
     base = oxford102.recipe_config(args.model)
     epochs = (args.epochs_head, args.epochs_fine)
-    changes = {n: trial_changes(oxford102.with_budget(base, args.tfrecords, *epochs), n) for n in args.trials}
+    budgeted = oxford102.with_budget(base, args.tfrecords, *epochs)
+    changes = {n: trial_changes(budgeted, n) for n in args.trials}
     configs = {n: trial_config(base, n, args.tfrecords, epochs) for n in args.trials}  # all checked first
     for name, config in configs.items():
         refuse_other_settings(config, os.path.join(args.workdir, name))
