@@ -132,6 +132,42 @@ def run_trial(config, workdir: str) -> dict:
     }
 
 
+def val_correct(config: ml_collections.ConfigDict, workdir: str, size: int) -> dict[str, bool]:
+    """{photo id: right?} of the trial in `workdir` on val at test-time `size` (its eval's predictions.csv)."""
+    from flowers_jax import chosen_size, evaluation, reports
+
+    name = evaluation.split_dir_name("val", chosen_size.at_size(config, size), config.data.image_size)
+    path = os.path.join(workdir, "eval", "best", name, "predictions.csv")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: rerun the trial in {workdir} (finished trials are only re-read)")
+    return reports.read_predictions(path)
+
+
+def paired_vs_baseline(trial: dict[str, bool], baseline: dict[str, bool]) -> dict:
+    """The trial's val top-1 minus the baseline's on the same photos, with its paired interval."""
+    from flowers_jax import reports
+
+    if trial.keys() != baseline.keys():
+        raise SystemExit(
+            f"the trial and the baseline were read on different val photos ({len(trial)} and {len(baseline)}, "
+            f"{len(trial.keys() ^ baseline.keys())} in one only): were they trained on the same --tfrecords?"
+        )
+    ids = sorted(baseline)
+    return reports.paired_difference([trial[i] for i in ids], [baseline[i] for i in ids])
+
+
+def _baseline_correct(args, base, epochs, result: dict | None) -> dict[str, bool] | None:
+    """The baseline's val_correct, from its folder (this sitting's or an earlier one's); None, said,
+    where there is none to compare with."""
+    try:
+        size = result["val_at_test_size"]["image_size"]
+        config = trial_config(base, "baseline", args.tfrecords, epochs)
+        return val_correct(config, os.path.join(args.workdir, "baseline"), size)
+    except (TypeError, KeyError, FileNotFoundError) as e:
+        print(f"no paired comparison with the baseline: {type(e).__name__}: {e}", flush=True)
+        return None
+
+
 def table(results: dict[str, dict]) -> str:
     """The markdown table of `results` (name -> run_trial's dict with its "changes"), each top-1 beside
     the baseline's (blank where a result lacks a figure: a record measured before it existed)."""
@@ -141,10 +177,15 @@ def table(results: dict[str, dict]) -> str:
 
     def vs_baseline(result: dict, key: str) -> str:
         here, there = top1(result, key), top1(results.get("baseline", {}), key)
-        return f"{100 * (here - there):+.2f} pts" if None not in (here, there) else ""
+        if None in (here, there):
+            return ""
+        paired = result.get("val_paired_vs_baseline") if key == "val_at_test_size" else None
+        low, high = paired["interval"] if paired else (None, None)
+        return f"{100 * (here - there):+.2f} pts" + (f" [{100 * low:+.2f}, {100 * high:+.2f}]" if paired else "")
 
     rows = [
-        "| trial | changes | val top-1 | vs baseline | val top-1 at val's test size | vs baseline | val macro-F1 "
+        "| trial | changes | val top-1 | vs baseline | val top-1 at val's test size | vs baseline [paired 95%] "
+        "| val macro-F1 "
         "| val ECE (T = 1) | val NLL (T = 1) | epochs | measured |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -264,6 +305,15 @@ def main() -> None:
         if args.record:  # kept as soon as it is measured: a stopped session loses only the trial under way
             recorded[name] = results[name]
             save_record(args.record, base.model, epochs, recorded)
+    if results:  # each trial against the baseline on the same val photos, both at val's test size
+        baseline = _baseline_correct(args, base, epochs, (results | recorded).get("baseline"))
+        for name in [n for n in results if n != "baseline"] if baseline else []:
+            size = results[name]["val_at_test_size"]["image_size"]
+            trial = val_correct(configs[name], os.path.join(args.workdir, name), size)
+            results[name]["val_paired_vs_baseline"] = paired_vs_baseline(trial, baseline)
+            if args.record:
+                recorded[name] = results[name]
+                save_record(args.record, base.model, epochs, recorded)
     shown = {n: (results | recorded)[n] for n in TRIALS if n in results or n in recorded}
     name = oxford102.MODELS[args.model][1]
     print(f"\n{name}, {epochs[0]} head + {epochs[1]} fine epochs, {machine.describe()}; val only:")

@@ -1,6 +1,6 @@
 """`--mode eval` and `--mode predict`: a checkpoint against a split, with reports on disk.
 
-eval      -> <workdir>/eval/<checkpoint>/<split>/: metrics.json, per_class.{csv,md},
+eval      -> <workdir>/eval/<checkpoint>/<split>/: metrics.json, predictions.csv, per_class.{csv,md},
              confusion_matrix.png, confused_pairs.{csv,md}, reliability.png, risk_coverage.png, guard.json
 predict   -> <workdir>/predict/<checkpoint>/<split>/: submission.csv (id,label),
              probabilities.npz (ids, probs[, decision]), guard.json
@@ -294,6 +294,7 @@ def write_eval(
         with tf.io.gfile.GFile(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(summary, f, indent=2)
         reports.write_table(reports.per_class_rows(labels, probs, class_names), os.path.join(out, "per_class"))
+        reports.write_predictions(outputs.ids, labels, probs, os.path.join(out, "predictions.csv"))
         cm = reports.skm.confusion_matrix(labels, probs.argmax(-1), labels=np.arange(config.num_classes))
         reports.plot_confusion(cm, class_names, os.path.join(out, "confusion_matrix.png"))
         reports.write_table(reports.confused_pairs(cm, class_names), os.path.join(out, "confused_pairs"))

@@ -176,8 +176,10 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     import os
     import sys
 
+    import pytest
+
     from benchmarks import recipe_trials
-    from flowers_jax import evaluation, train
+    from flowers_jax import evaluation, reports, train
 
     trained, read = [], []
 
@@ -189,6 +191,12 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
         size = config.data.image_size
         read.append((workdir, which, split, size, config.eval.calibration))
         acc = {256: 0.90, 288: 0.93, 320: 0.92}[size] + 0.01 * len(trained)  # val prefers 288 for both
+        # 100 photos, the first 100 * acc right, as the real eval's predictions.csv says (both trained at 256)
+        out = os.path.join(workdir, "eval", which, split if size == 256 else f"{split}@{size}px")
+        os.makedirs(out, exist_ok=True)
+        right = np.arange(100) < round(100 * acc)
+        ids, probs = [f"p{i}" for i in range(100)], np.eye(2)[1 - right]  # right: probability on class 0
+        reports.write_predictions(ids, np.zeros(100, int), probs, os.path.join(out, "predictions.csv"))
         figures = {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3, "checkpoint_step": 7}
         return figures | {"intervals": {}, "image_size": size}
 
@@ -210,7 +218,14 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     assert json.loads((tmp_path / "baseline" / "test_size.json").read_text())["image_size"] == 288
     assert out["trials"]["mixup_cutmix"]["changes"] == {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}
     assert "test" in out["trials"]["mixup_cutmix"] and "test" not in out["trials"]["baseline"]
-    assert "| mixup_cutmix |" in capsys.readouterr().out
+    # Against the baseline on the same val photos, both at 288: 95 right against 94, one photo apart.
+    paired = out["trials"]["mixup_cutmix"]["val_paired_vs_baseline"]
+    assert paired["difference"] == pytest.approx(0.01) and (paired["only_a_right"], paired["only_b_right"]) == (1, 0)
+    assert "val_paired_vs_baseline" not in out["trials"]["baseline"]
+    low, high = paired["interval"]
+    assert 0 <= low < 0.01 < high
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| mixup_cutmix |"))
+    assert f"| +1.00 pts [{100 * low:+.2f}, {100 * high:+.2f}] |" in row
 
 
 def test_recipe_trials_record_keeps_trials_across_runs_and_refuses_what_would_not_compare(

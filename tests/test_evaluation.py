@@ -74,6 +74,7 @@ def test_eval_mode_writes_every_report(smoke_workdir):
     out = smoke_workdir / "eval" / "best" / "val"
     for name in (
         "metrics.json",
+        "predictions.csv",
         "per_class.csv",
         "per_class.md",
         "confusion_matrix.png",
@@ -89,6 +90,8 @@ def test_eval_mode_writes_every_report(smoke_workdir):
     assert "macro-F1" in proc.stdout and "prediction distribution ok" in proc.stdout
     rows = list(csv.DictReader((out / "per_class.csv").read_text().splitlines()))
     assert len(rows) == 8 and sum(int(r["support"]) for r in rows) == 104
+    right = reports.read_predictions(str(out / "predictions.csv"))  # one row a val photo
+    assert len(right) == 104 and sum(right.values()) == round(summary["accuracy"] * 104)
 
 
 def test_predict_mode_writes_each_test_id_exactly_once(smoke_workdir):

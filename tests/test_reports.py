@@ -33,3 +33,28 @@ def test_bootstrap_intervals_cover_the_estimate_at_the_binomial_width():
     assert ci["macro_f1"][0] < f1 < ci["macro_f1"][1]
     assert reports.bootstrap_intervals(y, p) == ci  # seeded
     assert reports.bootstrap_intervals(y, p, seed=1) != ci
+
+
+def test_paired_difference_is_narrower_than_two_intervals_for_models_right_on_the_same_photos():
+    rng = np.random.default_rng(0)
+    a = rng.random(1020) < 0.95
+    b = a.copy()
+    flip = rng.choice(1020, 12, replace=False)  # B differs from A on 12 photos: 9 it gets wrong, 3 right
+    b[flip[:9]], b[flip[9:]] = False, True
+    out = reports.paired_difference(a, b)
+    assert out["difference"] == pytest.approx(a.mean() - b.mean())
+    assert (out["only_a_right"], out["only_b_right"]) == (int(np.sum(a & ~b)), int(np.sum(b & ~a)))
+    low, high = out["interval"]
+    assert low < out["difference"] < high
+    unpaired = 1.96 * np.sqrt(2 * 0.95 * 0.05 / 1020)  # half-width for two models' independent errors
+    assert (high - low) / 2 < unpaired / 2  # 12 photos apart: not even half of it
+    assert reports.paired_difference(a, b) == out  # seeded
+    with pytest.raises(ValueError, match="same photos"):
+        reports.paired_difference(a, b[:-1])
+
+
+def test_predictions_csv_round_trips_which_photos_are_right(tmp_path):
+    probs = np.array([[0.7, 0.3], [0.2, 0.8], [0.6, 0.4]])
+    reports.write_predictions(["a.jpg", "b,c.jpg", "d"], np.array([0, 0, 0]), probs, str(tmp_path / "p.csv"))
+    assert reports.read_predictions(str(tmp_path / "p.csv")) == {"a.jpg": True, "b,c.jpg": False, "d": True}
+    assert (tmp_path / "p.csv").read_text().splitlines()[:2] == ["id,label,predicted,probability", "a.jpg,0,0,0.700000"]
