@@ -73,6 +73,23 @@ def with_budget(config, tfrecords: str, epochs_head: int, epochs_fine: int):
     return config
 
 
+def recipe_epochs(config) -> tuple[int, int]:
+    """(head, fine-tuning) epochs of a recipe `config`: its two stages', in stage_order."""
+    head, fine = config.stage_order.split(",")
+    return config.stages[head].epochs, config.stages[fine].epochs
+
+
+KERAS_EPOCHS = (8, 25)  # the notebook recipe's phases (each early-stopped), whatever our recipe's length
+
+
+def budgets(args: argparse.Namespace, config) -> tuple[list[int], list[int]]:
+    """([head, fine] epochs for ours, the same for the Keras recipe): --epochs-head/--epochs-fine
+    where given (both get them), else each recipe's own."""
+    given = (args.epochs_head, args.epochs_fine)
+    ours = [g if g is not None else r for g, r in zip(given, recipe_epochs(config), strict=True)]
+    return ours, [g if g is not None else k for g, k in zip(given, KERAS_EPOCHS, strict=True)]
+
+
 def convert(photos: str, tfrecords: str, size: int) -> None:
     if os.path.isdir(os.path.join(tfrecords, f"tfrecords-jpeg-{size}x{size}")):
         print(f"using the TFRecords in {tfrecords}", flush=True)
@@ -159,8 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--photos", default=os.path.join(ROOT, "..", "shared", "data", "oxford102"))
     parser.add_argument("--tfrecords", default="/tmp/oxford102_tfrec")
     parser.add_argument("--workdir", default="", help="default workdirs/oxford102 (lite0), workdirs/oxford102_<model>")
-    parser.add_argument("--epochs-head", type=int, default=8)
-    parser.add_argument("--epochs-fine", type=int, default=25)
+    budget = "default: the recipe config's for ours, 8 / 25 for the Keras recipe; given, both get it"
+    parser.add_argument("--epochs-head", type=int, default=None, help=f"head-stage epochs ({budget})")
+    parser.add_argument("--epochs-fine", type=int, default=None, help=f"fine-tuning epochs ({budget})")
     parser.add_argument("--test-sizes", default="", help="test-time sizes val chooses from; default S,S+32,S+64")
     parser.add_argument("--figures", default=os.path.join(ROOT, "docs", "results"), help="'' to skip copying")
     parser.add_argument("--skip-keras", action="store_true")
@@ -179,9 +197,9 @@ def main() -> None:
     config = recipe_config(args.model)
     convert(args.photos, args.tfrecords, layout.tfrecord_size(config))  # the size the recipe reads its records at
     test_sizes = [int(s) for s in args.test_sizes.split(",")] if args.test_sizes else None
-    epochs = (args.epochs_head, args.epochs_fine)
+    epochs, keras_epochs = budgets(args, config)
     ours = run_ours(config, args.tfrecords, os.path.join(workdir, "flax"), *epochs, test_sizes, args.photos)
-    keras = None if args.skip_keras else run_keras(config, args.tfrecords, workdir, *epochs)
+    keras = None if args.skip_keras else run_keras(config, args.tfrecords, workdir, *keras_epochs)
 
     import jax
 

@@ -85,6 +85,11 @@ def test_oxford_benchmark_model_picks_config_workdir_and_the_keras_twin():
         assert cmd[cmd.index("--tfrecord-size") + 1] == str(stored)  # the photos ours reads
         assert "--image-size" not in cmd  # the Keras recipe's input: the model's native size
     assert oxford102.output_name("lite2") == "oxford102_lite2"
+    # Each recipe's own length unless a budget is given: ours the config's, Keras the notebook's.
+    lite0 = recipe.get_config()
+    assert oxford102.budgets(args, lite0) == ([8, lite0.stages.all.epochs], [8, 25])
+    assert oxford102.budgets(oxford102.parse_args(["--epochs-fine", "3"]), lite0) == ([8, 3], [8, 3])
+    assert oxford102.recipe_epochs(oxford102.recipe_config("lite2")) == (8, 25)  # its Results run's length
     with pytest.raises(SystemExit):
         oxford102.parse_args(["--model", "b0"])
 
