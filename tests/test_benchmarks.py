@@ -190,7 +190,7 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
 
     def fake_train(config, workdir):
         trained.append((workdir, config.mixup_alpha))
-        os.makedirs(workdir)  # the real one makes it
+        os.makedirs(workdir, exist_ok=True)  # the real one makes it, or finds it finished
 
     def fake_eval(config, workdir, which, split):
         size = config.data.image_size
@@ -203,7 +203,10 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
         ids, probs = [f"p{i}" for i in range(100)], np.eye(2)[1 - right]  # right: probability on class 0
         reports.write_predictions(ids, np.zeros(100, int), probs, os.path.join(out, "predictions.csv"))
         figures = {"accuracy": acc, "macro_f1": acc, "ece": 0.1, "nll": 0.3, "checkpoint_step": 7}
-        return figures | {"intervals": {}, "image_size": size}
+        figures |= {"intervals": {"accuracy": [acc - 0.01, acc + 0.01]}, "image_size": size}
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(figures, f)
+        return figures
 
     monkeypatch.setattr(train, "train_and_evaluate", fake_train)
     monkeypatch.setattr(evaluation, "run_eval", fake_eval)
@@ -231,6 +234,21 @@ def test_recipe_trials_main_tables_every_trial_and_reads_test_once_for_the_named
     assert 0 <= low < 0.01 < high
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| mixup_cutmix |"))
     assert f"| +1.00 pts [{100 * low:+.2f}, {100 * high:+.2f}] |" in row
+    assert "| 0.9500 at 288 [" in row  # the fake's test figure, as read
+    # Run again, the baseline's test read earlier by another run (the Results run's folder): both test
+    # figures are shown, neither read again.
+    earlier = tmp_path / "baseline" / "eval" / "best" / "test@288px"
+    earlier.mkdir(parents=True)
+    figures = {"accuracy": 0.9422, "macro_f1": 0.94, "image_size": 288, "checkpoint_step": 7}
+    (earlier / "metrics.json").write_text(json.dumps(figures | {"intervals": {"accuracy": [0.93, 0.95]}}))
+    read.clear()
+    recipe_trials.main()
+    assert [r for r in read if r[2] == "test"] == []
+    out = capsys.readouterr().out
+    assert "test was read for mixup_cutmix before" in out
+    assert "| 0.9422 at 288 [0.9300, 0.9500] |" in next(r for r in out.splitlines() if r.startswith("| baseline |"))
+    again = json.loads((tmp_path / "trials.json").read_text())["trials"]
+    assert again["baseline"]["test"]["read"] == again["mixup_cutmix"]["test"]["read"] == "earlier"
 
 
 def test_recipe_trials_record_keeps_trials_across_runs_and_refuses_what_would_not_compare(
