@@ -42,23 +42,29 @@ def bootstrap_intervals(
 ) -> dict[str, object]:
     """Percentile-bootstrap intervals over photos (scipy.stats.bootstrap, paired resampling of
     labels [N] and predictions [N], seeded) for top-1 accuracy and macro-F1."""
-    from scipy import stats
-
     statistics = {"accuracy": lambda y, p: np.mean(y == p), "macro_f1": macro_f1}
     out: dict[str, object] = {"level": level, "resamples": resamples, "seed": seed, "method": "percentile bootstrap"}
     for name, fn in statistics.items():
-        ci = stats.bootstrap(
-            (np.asarray(labels), np.asarray(preds)),
-            fn,
-            paired=True,
-            vectorized=False,
-            n_resamples=resamples,
-            confidence_level=level,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        out[name] = [float(ci.low), float(ci.high)]
+        out[name] = _paired_bootstrap((np.asarray(labels), np.asarray(preds)), fn, resamples, level, seed)
     return out
+
+
+def _paired_bootstrap(samples: tuple, statistic, resamples: int, level: float, seed: int) -> list[float]:
+    """[low, high]: scipy.stats.bootstrap's seeded percentile interval of statistic(*samples), the
+    samples resampled together (the same photos in each)."""
+    from scipy import stats
+
+    ci = stats.bootstrap(
+        samples,
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return [float(ci.low), float(ci.high)]
 
 
 def paired_difference(
@@ -68,23 +74,12 @@ def paired_difference(
     both), with a percentile-bootstrap interval that resamples photos, not each model apart: two
     models right and wrong on mostly the same photos differ far less by chance than two independent
     intervals suggest. Also the discordant counts (photos only one of them gets right)."""
-    from scipy import stats
-
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     if a.shape != b.shape or a.ndim != 1:
         raise ValueError(f"paired_difference needs two [N] arrays of the same photos, got {a.shape} and {b.shape}")
-    ci = stats.bootstrap(
-        (a, b),
-        lambda x, y, axis=-1: np.mean(x, axis=axis) - np.mean(y, axis=axis),
-        paired=True,
-        n_resamples=resamples,
-        confidence_level=level,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    ).confidence_interval
     return {
         "difference": float(a.mean() - b.mean()),
-        "interval": [float(ci.low), float(ci.high)],
+        "interval": _paired_bootstrap((a, b), lambda x, y: np.mean(x) - np.mean(y), resamples, level, seed),
         "only_a_right": int(np.sum(a & ~b)),
         "only_b_right": int(np.sum(b & ~a)),
         "examples": int(a.size),
