@@ -73,10 +73,11 @@ def with_budget(config, tfrecords: str, epochs_head: int, epochs_fine: int):
     return config
 
 
-def recipe_epochs(config) -> tuple[int, int]:
-    """(head, fine-tuning) epochs of a recipe `config`: its two stages', in stage_order."""
-    head, fine = config.stage_order.split(",")
-    return config.stages[head].epochs, config.stages[fine].epochs
+def recipe_epochs(config) -> tuple[int, ...]:
+    """(head, fine-tuning) epochs of a recipe `config`: its stages', in run order."""
+    from flowers_jax import config as config_lib
+
+    return tuple(stage.epochs for _, stage in config_lib.stages(config))
 
 
 KERAS_EPOCHS = (8, 25)  # the notebook recipe's phases (each early-stopped), whatever our recipe's length

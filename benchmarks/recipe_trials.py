@@ -132,12 +132,19 @@ def run_trial(config, workdir: str) -> dict:
     }
 
 
+def _eval_file(config: ml_collections.ConfigDict, workdir: str, split: str, size: int, filename: str) -> str:
+    """`filename` in the eval folder of the trial's best checkpoint on `split` at test-time `size`."""
+    from flowers_jax import chosen_size, evaluation
+
+    name = evaluation.split_dir_name(split, chosen_size.at_size(config, size), config.data.image_size)
+    return os.path.join(workdir, "eval", "best", name, filename)
+
+
 def val_correct(config: ml_collections.ConfigDict, workdir: str, size: int) -> dict[str, bool]:
     """{photo id: right?} of the trial in `workdir` on val at test-time `size` (its eval's predictions.csv)."""
-    from flowers_jax import chosen_size, evaluation, reports
+    from flowers_jax import reports
 
-    name = evaluation.split_dir_name("val", chosen_size.at_size(config, size), config.data.image_size)
-    path = os.path.join(workdir, "eval", "best", name, "predictions.csv")
+    path = _eval_file(config, workdir, "val", size, "predictions.csv")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: rerun the trial in {workdir} (finished trials are only re-read)")
     return reports.read_predictions(path)
@@ -163,13 +170,9 @@ def earlier_test(config: ml_collections.ConfigDict, workdir: str, result: dict) 
     """The test figures of the trial's checkpoint at its val-chosen size where a run read them before
     (the baseline's folder is the Results run's, whose test was read there), else None: shown, never
     read again."""
-    from flowers_jax import chosen_size, evaluation
-
     if "val_at_test_size" not in result:
         return None  # a result from before the test-size figure
-    size = result["val_at_test_size"]["image_size"]
-    name = evaluation.split_dir_name("test", chosen_size.at_size(config, size), config.data.image_size)
-    path = os.path.join(workdir, "eval", "best", name, "metrics.json")
+    path = _eval_file(config, workdir, "test", result["val_at_test_size"]["image_size"], "metrics.json")
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -182,12 +185,14 @@ def earlier_test(config: ml_collections.ConfigDict, workdir: str, result: dict) 
 def _baseline_correct(args, base, epochs, result: dict | None) -> dict[str, bool] | None:
     """The baseline's val_correct, from its folder (this sitting's or an earlier one's); None, said,
     where there is none to compare with."""
+    if not result or "val_at_test_size" not in result:
+        print("no paired comparison with the baseline: no baseline measured at its test size", flush=True)
+        return None
+    config = trial_config(base, "baseline", args.tfrecords, epochs)
     try:
-        size = result["val_at_test_size"]["image_size"]
-        config = trial_config(base, "baseline", args.tfrecords, epochs)
-        return val_correct(config, os.path.join(args.workdir, "baseline"), size)
-    except (TypeError, KeyError, FileNotFoundError) as e:
-        print(f"no paired comparison with the baseline: {type(e).__name__}: {e}", flush=True)
+        return val_correct(config, os.path.join(args.workdir, "baseline"), result["val_at_test_size"]["image_size"])
+    except FileNotFoundError as e:
+        print(f"no paired comparison with the baseline: {e}", flush=True)
         return None
 
 
@@ -202,9 +207,11 @@ def table(results: dict[str, dict]) -> str:
         here, there = top1(result, key), top1(results.get("baseline", {}), key)
         if None in (here, there):
             return ""
-        paired = result.get("val_paired_vs_baseline") if key == "val_at_test_size" else None
-        low, high = paired["interval"] if paired else (None, None)
-        return f"{100 * (here - there):+.2f} pts" + (f" [{100 * low:+.2f}, {100 * high:+.2f}]" if paired else "")
+        text = f"{100 * (here - there):+.2f} pts"
+        if key == "val_at_test_size" and "val_paired_vs_baseline" in result:
+            low, high = result["val_paired_vs_baseline"]["interval"]
+            text += f" [{100 * low:+.2f}, {100 * high:+.2f}]"
+        return text
 
     rows = [
         "| trial | changes | val top-1 | vs baseline | val top-1 at val's test size | vs baseline [paired 95%] "
@@ -345,9 +352,9 @@ def main() -> None:
             size = results[name]["val_at_test_size"]["image_size"]
             trial = val_correct(configs[name], os.path.join(args.workdir, name), size)
             results[name]["val_paired_vs_baseline"] = paired_vs_baseline(trial, baseline)
-            if args.record:
-                recorded[name] = results[name]
-                save_record(args.record, base.model, epochs, recorded)
+        if args.record and baseline:
+            recorded |= results
+            save_record(args.record, base.model, epochs, recorded)
     if args.test and "test" in results[args.test]:  # once per checkpoint and size: shown, not read again
         print(f"test was read for {args.test} before (top-1 {results[args.test]['test']['accuracy']:.4f}); not again")
     elif args.test:  # as benchmarks/oxford102.py: test is read once, at the size val chose (run_trial)
