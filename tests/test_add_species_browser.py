@@ -28,13 +28,20 @@ PAGE = "calibrated/?backend=wasm"
 C = len(CLASSES)
 
 # Test hook run before the page's scripts: ?idb=throw makes indexedDB.open throw (as some private
-# modes do), ?idb=quota makes every write fail with QuotaExceededError (as a full storage does).
+# modes do), ?idb=quota makes every write fail with QuotaExceededError (as a full storage does), and
+# the camera answers (here: no camera) only after 1.5 s, as a permission prompt left open does: a
+# species finished from photos before then must keep its "Added" message.
 BREAK_IDB = """
 (() => {
   const mode = new URLSearchParams(location.search).get('idb');
   const fail = (name, text) => function () { throw new DOMException(text, name); };
   if (mode === 'throw') IDBFactory.prototype.open = fail('InvalidStateError', 'A mutation operation was not allowed.');
   if (mode === 'quota') IDBObjectStore.prototype.put = fail('QuotaExceededError', 'The quota has been exceeded.');
+  const media = navigator.mediaDevices;
+  if (media && media.getUserMedia) {
+    const open = media.getUserMedia.bind(media);
+    media.getUserMedia = (c) => new Promise((r) => setTimeout(r, 1500)).then(() => open(c));
+  }
 })();
 """
 
@@ -298,6 +305,7 @@ def test_without_storage_or_calibration(site, tmp_path):
             {"goto": page + "&idb=throw"},
             {"snapshot": True, "label": "no db"},
             *add("cup"),
+            {"sleep": 2000},  # past the camera's late answer
             *_upload(held, "no db, added"),
             {"goto": page + "&idb=quota"},
             *add("cup"),

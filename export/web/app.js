@@ -803,7 +803,8 @@ async function reclassifyPhoto() {
 }
 
 async function openAddPanel() {
-  state.adding = { shots: [], pixels: [] };
+  const session = { shots: [], pixels: [] };
+  state.adding = session;
   $('add-name').value = '';
   $('add-panel').hidden = false;
   $('add-species').hidden = true;
@@ -811,6 +812,9 @@ async function openAddPanel() {
   updateShots();
   $('add-name').focus();
   const camera = state.running || (await startCamera());
+  // The camera can answer late (a permission prompt left open): by then this species may be added
+  // from photos or cancelled, and a message about its shots would overwrite what happened since.
+  if (state.adding !== session) return;
   $('add-shot').hidden = !camera;
   if (!camera) {
     addMessage(
