@@ -66,10 +66,12 @@ def output_name(model: str) -> str:
 
 def with_budget(config, tfrecords: str, epochs_head: int, epochs_fine: int):
     """A copy of a recipe `config` reading `tfrecords`, with its head and fine-tuning stages' epochs set."""
+    from flowers_jax import config as config_lib
+
     config = config.copy_and_resolve_references()
     config.data.data_dir = tfrecords
-    head, fine = config.stage_order.split(",")
-    config.stages[head].epochs, config.stages[fine].epochs = epochs_head, epochs_fine
+    (_, head), (_, fine) = config_lib.stages(config)
+    head.epochs, fine.epochs = epochs_head, epochs_fine
     return config
 
 

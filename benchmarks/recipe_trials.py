@@ -61,7 +61,9 @@ TRIALS: dict[str, Changes | Callable[[ml_collections.ConfigDict], Changes]] = {
 
 def _fine(config: ml_collections.ConfigDict) -> str:
     """The name of the recipe's second (fine-tuning) stage."""
-    return config.stage_order.split(",")[1]
+    from flowers_jax import config as config_lib
+
+    return config_lib.stages(config)[1][0]
 
 
 def trial_changes(base: ml_collections.ConfigDict, name: str) -> Changes:
