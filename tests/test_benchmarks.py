@@ -126,6 +126,10 @@ def test_every_recipe_trial_changes_every_model_s_recipe_and_a_misspelt_one_is_r
         "stages.all.epochs": 38
     }
     assert _flat(recipe_trials.trial_config(lite2, "fine_epochs_x1.5", "/r", (2, 4)))["stages.all.epochs"] == 6
+    spaced = lite2.copy_and_resolve_references()
+    spaced.stage_order = "head, all"  # the config accepts it: the stages are read the way training reads them
+    assert _flat(oxford102.with_budget(spaced, "/r", 1, 2))["stages.all.epochs"] == 2
+    assert recipe_trials.trial_changes(spaced, "fine_lr_x2") == {"stages.all.lr": 2 * lite2.stages.all.lr}
     with pytest.raises(ValueError, match="trial 'typo'.*lrr"), pytest.MonkeyPatch.context() as m:
         m.setitem(recipe_trials.TRIALS, "typo", {"stages.all.lrr": 1.0})
         recipe_trials.trial_config(oxford102.recipe_config("lite0"), "typo", "/r", (1, 1))
